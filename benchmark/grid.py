@@ -1,0 +1,108 @@
+"""The grid: an experiment expanded into runs (scenarios x seeds x methods x budget points),
+each planned by the budget planner and named by a hash of everything that shapes its training.
+
+Two cells that would train identically (Finetune keeps no exemplars, so every budget point
+trains the same network) share one run id: the run happens once and its record serves every
+cell it stands for.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from budgets.planner import BudgetError, CellPlan, PlanContext, plan
+
+from .config import Experiment
+from .data import DATASETS, Scenario
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run and the grid cells it stands for."""
+
+    experiment: str
+    dataset: str
+    scenario: str
+    seed: int              # class-order seed
+    network_seed: int
+    method: str
+    backbone: str
+    exemplars: int
+    training: dict[str, Any]   # everything else that shapes training (schedules, options, subset)
+    cells: tuple[CellPlan, ...]
+
+    @property
+    def run_id(self) -> str:
+        return run_id(self.identity())
+
+    def identity(self) -> dict[str, Any]:
+        """The resolved config that determines this run's outcome (and so its id)."""
+        return {"dataset": self.dataset, "scenario": self.scenario, "seed": self.seed,
+                "network_seed": self.network_seed, "method": self.method, "backbone": self.backbone,
+                "exemplars": self.exemplars, **self.training}
+
+
+def run_id(identity: dict[str, Any]) -> str:
+    canonical = json.dumps(identity, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def plan_context(experiment: Experiment, scenario: str) -> PlanContext:
+    spec = DATASETS[experiment.dataset]
+    per_class = experiment.profile.images_per_class or spec.train_per_class
+    return PlanContext(
+        task_sizes=tuple(Scenario.parse(scenario).task_sizes(spec.num_classes)),
+        image_shape=spec.image_shape, family=experiment.family, benchmark=experiment.benchmark_backbone,
+        policy=experiment.policy, anchor_exemplars=experiment.anchor_exemplars,
+        min_exemplars=experiment.min_exemplars, train_images=spec.num_classes * per_class)
+
+
+def training_settings(experiment: Experiment, method: str) -> dict[str, Any]:
+    profile = experiment.profile
+    return {
+        "first_task": asdict(profile.first_task),
+        "later_tasks": asdict(profile.later_tasks[method]),
+        "images_per_class": profile.images_per_class,
+        "test_images_per_class": profile.test_images_per_class,
+        "augment": profile.augment,
+        "exemplar_selection": experiment.exemplar_selection,
+        "method_options": experiment.method_options.get(method, {}),
+    }
+
+
+def expand(experiment: Experiment) -> list[Run]:
+    """Every run of the experiment, in a stable order. Raises one BudgetError listing every misfit."""
+    runs: dict[str, Run] = {}
+    problems: list[str] = []
+    for scenario in experiment.scenarios:
+        try:
+            cells = plan(experiment.methods, experiment.budgets, plan_context(experiment, scenario))
+        except BudgetError as error:
+            problems.append(f"{scenario}: {error}")
+            continue
+        for seed in experiment.seeds:
+            for cell in cells:
+                run = Run(experiment.name, experiment.dataset, scenario, seed, experiment.network_seed,
+                          cell.method, cell.backbone, cell.exemplars,
+                          training_settings(experiment, cell.method), (cell,))
+                known = runs.get(run.run_id)
+                runs[run.run_id] = run if known is None else _with_cell(known, cell)
+    if problems:
+        raise BudgetError("\n".join(problems))
+    return list(runs.values())
+
+
+def _with_cell(run: Run, cell: CellPlan) -> Run:
+    return Run(**{**run.__dict__, "cells": run.cells + (cell,)})
+
+
+def plan_rows(runs: list[Run]) -> list[dict[str, Any]]:
+    """One row per grid cell: what `run_all.py plan --csv` prints."""
+    rows = []
+    for run in runs:
+        for cell in run.cells:
+            row = {"run_id": run.run_id, "scenario": run.scenario, "seed": run.seed, **cell.as_row()}
+            rows.append(row)
+    return rows

@@ -1,0 +1,226 @@
+"""The budget planner: turns a memory budget into a backbone (or backbones) plus an exemplar
+count for each method, from live byte counts of the networks the methods will build.
+
+Budgets are aligned at the final task (PROTOCOL.md section 3): the planner builds each
+method's final network on the meta device (no memory is allocated), counts it with the same
+function the run-time audit uses, and spends what is left of the budget on exemplars.
+
+Three ways to give budgets:
+- "paper": the performance-memory curve. The start point is one benchmark backbone plus the
+  anchor exemplars (2,000); every larger member X of the backbone family adds a point whose
+  budget is DER's final model with T copies of X plus the anchor exemplars.
+- "fair": the single aligned budget of the paper, the curve point where X is the benchmark backbone.
+- a list of MB: for each budget, single-network methods keep the benchmark backbone; growing
+  methods (DER, MEMO) take the largest family member that still leaves the anchor exemplars,
+  or the smallest member if none does. Everyone spends the rest on exemplars.
+A method whose model plus the minimum exemplar count does not fit is a BudgetError.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Sequence
+
+import torch
+
+from methods import METHODS
+from methods.networks import build_network
+
+from .accounting import MB, check_policy, exemplar_bytes, model_bytes, module_params
+
+
+class BudgetError(ValueError):
+    """A budget that cannot hold a method; the message names the method, the budget and the minimum."""
+
+
+@dataclass(frozen=True)
+class PlanContext:
+    """Everything the planner needs; no data and no device."""
+
+    task_sizes: tuple[int, ...]        # classes per task
+    image_shape: tuple[int, int, int]  # one exemplar's shape (uint8)
+    family: tuple[str, ...]            # curve backbones, smallest first
+    benchmark: str                     # the single-network methods' backbone
+    policy: str = "paper"
+    anchor_exemplars: int = 2000       # exemplars at every curve point's definition
+    min_exemplars: int | None = None   # fewest exemplars a method may be left with; None: one per class
+    train_images: int = 0              # training images of all classes (joint holds them all)
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.task_sizes)
+
+    @property
+    def image_bytes(self) -> int:
+        return exemplar_bytes(1, self.image_shape)
+
+    @property
+    def minimum_exemplars(self) -> int:
+        return sum(self.task_sizes) if self.min_exemplars is None else self.min_exemplars
+
+
+@dataclass(frozen=True)
+class BudgetPoint:
+    index: int
+    label: str
+    budget_bytes: int
+    curve_backbone: str | None  # X of a curve point; None for the start point and MB budgets
+
+    @property
+    def budget_mb(self) -> float:
+        return self.budget_bytes / MB
+
+
+@dataclass(frozen=True)
+class CellPlan:
+    """One method at one budget point: what it keeps and how many bytes that is."""
+
+    method: str
+    point: int | None          # None for joint, which is not on the memory axis
+    point_label: str
+    budget_bytes: int | None
+    backbone: str
+    num_backbones: int         # backbones (DER) or specialized blocks (MEMO) at the final task
+    model_params: int          # backbone parameters of the final model
+    model_bytes: int
+    exemplars: int
+    exemplar_bytes: int
+    policy: str
+
+    @property
+    def total_bytes(self) -> int:
+        return self.model_bytes + self.exemplar_bytes
+
+    @property
+    def budget_mb(self) -> float | None:
+        return None if self.budget_bytes is None else self.budget_bytes / MB
+
+    def as_row(self) -> dict:
+        row = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        row.update(budget_mb=self.budget_mb, total_bytes=self.total_bytes, total_mb=self.total_bytes / MB)
+        return row
+
+
+# -- live byte counts ------------------------------------------------------------------------
+@lru_cache(maxsize=None)
+def final_model(growth: str, backbone: str, task_sizes: tuple[int, ...], policy: str,
+                keeps_teacher: bool) -> tuple[int, int]:
+    """(backbone parameters, bytes under `policy`) of the network after the last task."""
+    with torch.device("meta"):
+        network = build_network(growth, backbone)
+        teacher = None
+        for task, size in enumerate(task_sizes):
+            if keeps_teacher and task == len(task_sizes) - 1 and task > 0:
+                teacher = copy.deepcopy(network)  # the previous model, held while training the last task
+            network.add_task(size)
+    return module_params(network.backbone_modules()), model_bytes(network, policy, teacher)
+
+
+def method_model(method: str, backbone: str, ctx: PlanContext) -> tuple[int, int]:
+    traits = METHODS.get(method)
+    return final_model(traits.growth, backbone, ctx.task_sizes, ctx.policy, traits.keeps_teacher)
+
+
+def _is_growing(method: str) -> bool:
+    return METHODS.get(method).growth != "single"
+
+
+# -- budget points ---------------------------------------------------------------------------
+def _anchor_bytes(ctx: PlanContext) -> int:
+    return exemplar_bytes(ctx.anchor_exemplars, ctx.image_shape)
+
+
+def curve_points(ctx: PlanContext) -> list[BudgetPoint]:
+    """The paper's performance-memory curve: the start point, then one point per larger family member."""
+    check_policy(ctx.policy)
+    start = final_model("single", ctx.benchmark, ctx.task_sizes, ctx.policy, False)[1] + _anchor_bytes(ctx)
+    points = [BudgetPoint(0, f"{ctx.benchmark}+{ctx.anchor_exemplars}", start, None)]
+    for backbone in ctx.family[1:]:
+        budget = final_model("der", backbone, ctx.task_sizes, ctx.policy, False)[1] + _anchor_bytes(ctx)
+        points.append(BudgetPoint(len(points), f"{ctx.num_tasks}x{backbone}", budget, backbone))
+    return points
+
+
+def fair_point(ctx: PlanContext) -> BudgetPoint:
+    """The paper's single aligned budget: DER's final size with the benchmark backbone plus the anchor."""
+    budget = final_model("der", ctx.benchmark, ctx.task_sizes, ctx.policy, False)[1] + _anchor_bytes(ctx)
+    return BudgetPoint(0, "fair", budget, ctx.benchmark)
+
+
+def megabyte_points(budgets_mb: Sequence[float]) -> list[BudgetPoint]:
+    return [BudgetPoint(i, f"{mb:g}MB", round(mb * MB), None) for i, mb in enumerate(sorted(budgets_mb))]
+
+
+# -- one cell --------------------------------------------------------------------------------
+def choose_backbone(method: str, point: BudgetPoint, ctx: PlanContext) -> str:
+    """Which backbone a method keeps at a budget point (the documented rule of the module docstring)."""
+    if not _is_growing(method):
+        return ctx.benchmark
+    if point.curve_backbone is not None:
+        return point.curve_backbone
+    if point.index == 0 and point.label.startswith(f"{ctx.benchmark}+"):
+        return ctx.family[0]  # the curve's start point: growing methods take the smallest member
+    fitting = [b for b in ctx.family
+               if method_model(method, b, ctx)[1] + _anchor_bytes(ctx) <= point.budget_bytes]
+    return fitting[-1] if fitting else ctx.family[0]
+
+
+def plan_cell(method: str, point: BudgetPoint, ctx: PlanContext) -> CellPlan:
+    backbone = choose_backbone(method, point, ctx)
+    params, model = method_model(method, backbone, ctx)
+    traits = METHODS.get(method)
+    exemplars = (point.budget_bytes - model) // ctx.image_bytes if traits.uses_exemplars else 0
+    if model > point.budget_bytes or (traits.uses_exemplars and exemplars < ctx.minimum_exemplars):
+        raise BudgetError(_too_small(method, backbone, model, point, ctx))
+    return CellPlan(method, point.index, point.label, point.budget_bytes, backbone, _num_blocks(method, ctx),
+                    params, model, exemplars, exemplar_bytes(exemplars, ctx.image_shape), ctx.policy)
+
+
+def plan_joint(ctx: PlanContext) -> CellPlan:
+    """Joint holds every training image it has seen: its memory is that data, not a budget."""
+    params, model = method_model("joint", ctx.benchmark, ctx)
+    return CellPlan("joint", None, "all data", None, ctx.benchmark, 1, params, model, ctx.train_images,
+                    exemplar_bytes(ctx.train_images, ctx.image_shape), ctx.policy)
+
+
+def _num_blocks(method: str, ctx: PlanContext) -> int:
+    return ctx.num_tasks if _is_growing(method) else 1
+
+
+def _too_small(method: str, backbone: str, model: int, point: BudgetPoint, ctx: PlanContext) -> str:
+    needs_exemplars = METHODS.get(method).uses_exemplars
+    minimum = model + (exemplar_bytes(ctx.minimum_exemplars, ctx.image_shape) if needs_exemplars else 0)
+    kept = f"{ctx.num_tasks} x {backbone}" if _is_growing(method) else backbone
+    floor = f" plus the minimum of {ctx.minimum_exemplars} exemplars" if needs_exemplars else ""
+    return (f"budget {point.budget_mb:.2f} MB ({point.label}) cannot hold method {method!r}: its smallest model "
+            f"({kept}, {model / MB:.2f} MB under policy {ctx.policy!r}){floor} needs {minimum / MB:.2f} MB "
+            f"({minimum:,} bytes). Raise the budget to at least {minimum / MB:.2f} MB"
+            + (", or lower min_exemplars." if needs_exemplars else "."))
+
+
+# -- the whole plan --------------------------------------------------------------------------
+def budget_points(budgets: str | Sequence[float], ctx: PlanContext) -> list[BudgetPoint]:
+    if budgets == "paper":
+        return curve_points(ctx)
+    if budgets == "fair":
+        return [fair_point(ctx)]
+    return megabyte_points(budgets)
+
+
+def plan(methods: Sequence[str], budgets: str | Sequence[float], ctx: PlanContext) -> list[CellPlan]:
+    """Every (method, budget point) cell; joint gets one cell. Raises one BudgetError listing every misfit."""
+    points = budget_points(budgets, ctx)
+    cells, problems = [], []
+    for method in methods:
+        if METHODS.get(method).trains_on_all_data:
+            cells.append(plan_joint(ctx))
+            continue
+        for point in points:
+            try:
+                cells.append(plan_cell(method, point, ctx))
+            except BudgetError as error:
+                problems.append(str(error))
+    if problems:
+        raise BudgetError("\n".join(problems))
+    return cells

@@ -1,0 +1,75 @@
+"""The method interface: a method says what its network is, what its loss is, and what
+happens before and after a task. The training engine owns every loop (tasks, epochs,
+batches, evaluation); a method writes none.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .networks import IncrementalNet, build_network
+from .registry import Registry
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a method needs to know about the task being learned."""
+
+    index: int           # 0-based
+    known_classes: int   # classes learned before this task (their labels are 0 .. known - 1)
+    total_classes: int   # classes after this task (this task's labels are known .. total - 1)
+    num_tasks: int
+
+    @property
+    def new_classes(self) -> int:
+        return self.total_classes - self.known_classes
+
+
+class Method:
+    """Base class. Subclasses set the traits below and override the hooks they need."""
+
+    name: ClassVar[str] = ""
+    growth: ClassVar[str] = "single"        # network kind: "single", "der" or "memo"
+    uses_exemplars: ClassVar[bool] = True   # keeps an exemplar buffer and trains on it
+    keeps_teacher: ClassVar[bool] = False   # holds a frozen copy of the previous model
+    trains_on_all_data: ClassVar[bool] = False  # joint: sees every image of every seen class
+    default_options: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, backbone: str, options: dict[str, Any] | None = None) -> None:
+        unknown = set(options or {}) - set(self.default_options)
+        if unknown:
+            raise ValueError(f"unknown option(s) {sorted(unknown)} for method {self.name!r}; "
+                             f"known: {sorted(self.default_options) or 'none'}")
+        self.options = {**self.default_options, **(options or {})}
+        self.network: IncrementalNet = build_network(self.growth, backbone)
+        self.teacher: IncrementalNet | None = None
+
+    # -- hooks --------------------------------------------------------------------------------
+    def before_task(self, task: Task) -> None:
+        """Grow the network for the new classes. Called before the task's training."""
+        self.network.add_task(task.new_classes)
+
+    def loss(self, task: Task, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Training loss of one batch; the default is cross-entropy over all seen classes."""
+        return F.cross_entropy(self.network(images)["logits"], labels)
+
+    def after_task(self, task: Task) -> None:
+        """Called after the task's training, before exemplar selection and evaluation."""
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.network.parameters() if p.requires_grad]
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: registers a Method subclass under its `name`, checking the base class."""
+    if not (isinstance(cls, type) and issubclass(cls, Method)) or not cls.name:
+        raise TypeError(f"{cls!r} must subclass methods.base.Method and set a name")
+    METHODS.add(cls.name, cls)
+    return cls

@@ -1,0 +1,33 @@
+"""iCaRL (Rebuffi et al., 2017): cross-entropy over all seen classes plus distillation from the
+frozen previous model on the old classes' logits; evaluated with NME as in the original."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import Method, Task, register
+from .losses import distillation_loss, frozen_copy
+
+
+@register
+class ICaRL(Method):
+    name = "icarl"
+    keeps_teacher = True
+    default_options = {"temperature": 2.0}
+
+    def before_task(self, task: Task) -> None:
+        if task.index > 0:
+            self.teacher = frozen_copy(self.network)
+        super().before_task(task)
+
+    def loss(self, task: Task, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = self.network(images)["logits"]
+        loss = F.cross_entropy(logits, labels)
+        if self.teacher is not None:
+            loss = loss + self.distillation(task, images, logits)
+        return loss
+
+    def distillation(self, task: Task, images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            old_logits = self.teacher(images)["logits"]
+        return distillation_loss(logits[:, :task.known_classes], old_logits, self.options["temperature"])

@@ -1,0 +1,188 @@
+"""Incremental networks: one backbone (single), one backbone per task (DER), or a shared
+generalized block with one specialized block per task (MEMO), all with one growing classifier.
+
+Each network says which of its modules are backbones (`backbone_modules`), because that is
+what the paper's memory accounting counts; everything else (classifier, BatchNorm buffers,
+auxiliary head) is counted only by the strict policy.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .backbones import Backbone, build_backbone, pool_features
+
+
+def expanded_classifier(old: nn.Linear | None, in_features: int, num_classes: int) -> nn.Linear:
+    """A classifier for `num_classes` whose old rows (and old input columns) keep their weights."""
+    fc = nn.Linear(in_features, num_classes)
+    if old is not None:
+        with torch.no_grad():
+            fc.weight[: old.out_features, : old.in_features] = old.weight
+            fc.bias[: old.out_features] = old.bias
+    return fc
+
+
+class IncrementalNet(nn.Module):
+    """Base: a feature extractor that may grow per task, plus one classifier over all seen classes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc: nn.Linear | None = None
+        self.aux_fc: nn.Linear | None = None
+        self.num_classes = 0
+        self._frozen: list[nn.Module] = []
+
+    def freeze(self, module: nn.Module) -> None:
+        """Stop `module` learning and keep its BatchNorm statistics, also across later `train()` calls."""
+        module.requires_grad_(False)
+        module.eval()
+        if not any(module is m for m in self._frozen):
+            self._frozen.append(module)
+
+    def train(self, mode: bool = True) -> "IncrementalNet":
+        super().train(mode)
+        for module in self._frozen:
+            module.eval()
+        return self
+
+    # -- growth -------------------------------------------------------------------------------
+    def add_task(self, new_classes: int) -> None:
+        """Grow the extractor (if the architecture grows) and the classifier for a new task."""
+        self._grow_extractor()
+        self.num_classes += new_classes
+        self.fc = expanded_classifier(self.fc, self.feature_dim, self.num_classes)
+
+    def _grow_extractor(self) -> None:
+        pass
+
+    def add_aux_head(self, new_classes: int) -> None:
+        """DER/MEMO's auxiliary head on the newest block: the new classes plus one 'old' label."""
+        self.aux_fc = nn.Linear(self.newest_dim, new_classes + 1)
+
+    def drop_aux_head(self) -> None:
+        self.aux_fc = None
+
+    # -- inference ----------------------------------------------------------------------------
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.features(images)
+        out = {"features": features, "logits": self.fc(features)}
+        if self.aux_fc is not None:
+            out["aux_logits"] = self.aux_fc(features[:, -self.newest_dim:])
+        return out
+
+    # -- accounting ---------------------------------------------------------------------------
+    def backbone_modules(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    @property
+    def feature_dim(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def newest_dim(self) -> int:
+        return self.feature_dim
+
+
+class SingleNet(IncrementalNet):
+    """One backbone for all tasks (Finetune, Replay, iCaRL, WA, Joint)."""
+
+    def __init__(self, backbone: str) -> None:
+        super().__init__()
+        self.backbone = build_backbone(backbone)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(images)
+
+    def backbone_modules(self) -> list[nn.Module]:
+        return [self.backbone]
+
+    @property
+    def feature_dim(self) -> int:
+        return self.backbone.out_dim
+
+
+class DERNet(IncrementalNet):
+    """DER: a new backbone per task, initialized from the previous one; features concatenated."""
+
+    def __init__(self, backbone: str) -> None:
+        super().__init__()
+        self.backbone_name = backbone
+        self.backbones = nn.ModuleList()
+
+    def _grow_extractor(self) -> None:
+        grown = copy.deepcopy(self.backbones[-1]) if len(self.backbones) else build_backbone(self.backbone_name)
+        self.backbones.append(grown)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([b(images) for b in self.backbones], dim=1)
+
+    def freeze_old(self) -> None:
+        """Old backbones stop learning and keep their BatchNorm statistics (eval mode)."""
+        for old in self.backbones[:-1]:
+            self.freeze(old)
+
+    def backbone_modules(self) -> list[nn.Module]:
+        return list(self.backbones)
+
+    @property
+    def feature_dim(self) -> int:
+        return sum(b.out_dim for b in self.backbones)
+
+    @property
+    def newest_dim(self) -> int:
+        return self.backbones[-1].out_dim
+
+
+class MEMONet(IncrementalNet):
+    """MEMO: a shared generalized block and one specialized block (the last stage) per task."""
+
+    def __init__(self, backbone: str) -> None:
+        super().__init__()
+        template: Backbone = build_backbone(backbone)
+        self.generalized = template.generalized
+        self.specialized = nn.ModuleList()
+        self._first_specialized: nn.Module | None = template.specialized
+        self.block_dim = template.out_dim
+
+    def _grow_extractor(self) -> None:
+        if self._first_specialized is not None:
+            grown, self._first_specialized = self._first_specialized, None
+        else:
+            grown = copy.deepcopy(self.specialized[-1])
+        self.specialized.append(grown)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        shared = self.generalized(images)
+        return torch.cat([pool_features(block(shared)) for block in self.specialized], dim=1)
+
+    def freeze_old(self, train_base: bool) -> None:
+        for old in self.specialized[:-1]:
+            self.freeze(old)
+        if not train_base:
+            self.freeze(self.generalized)
+
+    def backbone_modules(self) -> list[nn.Module]:
+        return [self.generalized, *self.specialized]
+
+    @property
+    def feature_dim(self) -> int:
+        return self.block_dim * len(self.specialized)
+
+    @property
+    def newest_dim(self) -> int:
+        return self.block_dim
+
+
+NETWORKS: dict[str, type[IncrementalNet]] = {"single": SingleNet, "der": DERNet, "memo": MEMONet}
+
+
+def build_network(growth: str, backbone: str) -> IncrementalNet:
+    if growth not in NETWORKS:
+        raise KeyError(f"unknown network growth {growth!r}; known: {', '.join(NETWORKS)}")
+    return NETWORKS[growth](backbone)
