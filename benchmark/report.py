@@ -132,8 +132,15 @@ def load_records(experiment_dir: Path) -> list[dict]:
     for path in sorted(Path(experiment_dir).glob("runs/*/record.json")):
         record = _read_record(path)
         if record is not None:
-            records.append(record)
+            records.extend(_per_cell(record))
     return records
+
+
+def _per_cell(record: dict) -> list[dict]:
+    """One record per grid cell: a run that serves several cells (Finetune trains the same way at
+    every budget point) lists them under "cells" and is reported at each of them."""
+    cells = record.get("cells") or [record["cell"]]
+    return [{**record, "cell": cell} for cell in cells]
 
 
 def _read_record(path: Path) -> dict | None:

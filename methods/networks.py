@@ -76,6 +76,22 @@ class IncrementalNet(nn.Module):
             out["aux_logits"] = self.aux_fc(features[:, -self.newest_dim:])
         return out
 
+    # -- the shared first-task model ----------------------------------------------------------
+    def first_task_state(self) -> dict[str, dict[str, torch.Tensor]]:
+        """After the first task: the one backbone's state and the classifier's, in a form every
+        network kind can load (a single backbone and a DER/MEMO network are the same model then)."""
+        return {"backbone": self.first_backbone_state(), "fc": self.fc.state_dict()}
+
+    def load_first_task_state(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
+        self.load_first_backbone(state["backbone"])
+        self.fc.load_state_dict(state["fc"])
+
+    def first_backbone_state(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def load_first_backbone(self, state: dict[str, torch.Tensor]) -> None:
+        raise NotImplementedError
+
     # -- accounting ---------------------------------------------------------------------------
     def backbone_modules(self) -> list[nn.Module]:
         raise NotImplementedError
@@ -98,6 +114,12 @@ class SingleNet(IncrementalNet):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(images)
+
+    def first_backbone_state(self) -> dict[str, torch.Tensor]:
+        return self.backbone.state_dict()
+
+    def load_first_backbone(self, state: dict[str, torch.Tensor]) -> None:
+        self.backbone.load_state_dict(state)
 
     def backbone_modules(self) -> list[nn.Module]:
         return [self.backbone]
@@ -126,6 +148,12 @@ class DERNet(IncrementalNet):
         """Old backbones stop learning and keep their BatchNorm statistics (eval mode)."""
         for old in self.backbones[:-1]:
             self.freeze(old)
+
+    def first_backbone_state(self) -> dict[str, torch.Tensor]:
+        return self.backbones[0].state_dict()
+
+    def load_first_backbone(self, state: dict[str, torch.Tensor]) -> None:
+        self.backbones[0].load_state_dict(state)
 
     def backbone_modules(self) -> list[nn.Module]:
         return list(self.backbones)
@@ -167,6 +195,16 @@ class MEMONet(IncrementalNet):
         if not train_base:
             self.freeze(self.generalized)
 
+    def first_backbone_state(self) -> dict[str, torch.Tensor]:
+        state = {f"generalized.{k}": v for k, v in self.generalized.state_dict().items()}
+        state.update({f"specialized.{k}": v for k, v in self.specialized[0].state_dict().items()})
+        return state
+
+    def load_first_backbone(self, state: dict[str, torch.Tensor]) -> None:
+        """Both parts, the last stage included: the reference code silently skipped the latter."""
+        self.generalized.load_state_dict(_part(state, "generalized."))
+        self.specialized[0].load_state_dict(_part(state, "specialized."))
+
     def backbone_modules(self) -> list[nn.Module]:
         return [self.generalized, *self.specialized]
 
@@ -177,6 +215,10 @@ class MEMONet(IncrementalNet):
     @property
     def newest_dim(self) -> int:
         return self.block_dim
+
+
+def _part(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 NETWORKS: dict[str, type[IncrementalNet]] = {"single": SingleNet, "der": DERNet, "memo": MEMONet}

@@ -1,0 +1,148 @@
+"""Where training and test batches come from, and the on-device augmentation.
+
+CIFAR-size data lives on the run's device as one uint8 tensor and is indexed there: no
+per-image PIL transforms and no DataLoader worker processes. Folder data sets (ImageNet-100)
+decode each batch on a thread pool. Exemplars are uint8 tensors too, so a task's training set
+is the new images plus the exemplars, concatenated once per task.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .data import ImageSet
+
+
+class BatchSource:
+    """Labelled uint8 images [N, C, H, W] that can be fetched by index on a device."""
+
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def images(self, indices: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class TensorSource(BatchSource):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self._images, self.labels = images, labels
+
+    def images(self, indices: torch.Tensor) -> torch.Tensor:
+        return self._images[indices]
+
+    def all_images(self) -> torch.Tensor:
+        return self._images
+
+
+class FolderSource(BatchSource):
+    """Decodes the images of a folder data set on demand (they do not fit in memory)."""
+
+    def __init__(self, image_set: ImageSet, device: torch.device) -> None:
+        self.image_set, self.device = image_set, device
+        self.labels = torch.as_tensor(image_set.labels, dtype=torch.long, device=device)
+
+    def images(self, indices: torch.Tensor) -> torch.Tensor:
+        batch = self.image_set.read(indices.cpu().numpy())
+        return to_chw_tensor(batch, self.device)
+
+
+class ConcatSource(BatchSource):
+    def __init__(self, parts: Sequence[BatchSource]) -> None:
+        self.parts = list(parts)
+        self.labels = torch.cat([p.labels for p in self.parts])
+        self.starts = np.cumsum([0] + [len(p) for p in self.parts])
+
+    def images(self, indices: torch.Tensor) -> torch.Tensor:
+        pieces, order = [], []
+        for part, start, end in zip(self.parts, self.starts[:-1], self.starts[1:]):
+            mask = (indices >= int(start)) & (indices < int(end))
+            if mask.any():
+                pieces.append(part.images(indices[mask] - int(start)))
+                order.append(mask.nonzero().flatten())
+        batch = torch.cat(pieces)
+        return batch[torch.argsort(torch.cat(order))]
+
+
+def to_chw_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 [N, H, W, C] numpy -> uint8 [N, C, H, W] on `device`."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(device)
+
+
+def source_of(image_set: ImageSet, device: torch.device) -> BatchSource:
+    """The whole image set on the device when it is in memory, else decoded per batch."""
+    if image_set.in_memory:
+        labels = torch.as_tensor(image_set.labels, dtype=torch.long, device=device)
+        return TensorSource(to_chw_tensor(image_set.images, device), labels)
+    return FolderSource(image_set, device)
+
+
+def select(source: BatchSource, indices: torch.Tensor) -> BatchSource:
+    """The rows `indices` of a source (materialized when the source is in memory)."""
+    if isinstance(source, TensorSource):
+        return TensorSource(source.all_images()[indices], source.labels[indices])
+    return _IndexedSource(source, indices)
+
+
+class _IndexedSource(BatchSource):
+    def __init__(self, source: BatchSource, indices: torch.Tensor) -> None:
+        self.source, self.indices = source, indices
+        self.labels = source.labels[indices]
+
+    def images(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.source.images(self.indices[indices])
+
+
+def concat(sources: Sequence[BatchSource]) -> BatchSource:
+    sources = [s for s in sources if len(s)]
+    if all(isinstance(s, TensorSource) for s in sources):
+        return TensorSource(torch.cat([s.all_images() for s in sources]), torch.cat([s.labels for s in sources]))
+    return ConcatSource(sources)
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Batch-wise on-device augmentation and normalization (PROTOCOL.md section 5)."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    padding: int = 4
+    brightness: float = 63 / 255
+    channels_last: bool = True
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [N, C, H, W] -> normalized float32, no augmentation (evaluation, herding)."""
+        x = images.float().div_(255)
+        return self._standardize(x)
+
+    def train(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Random crop with zero padding, horizontal flip, brightness jitter, then normalize."""
+        x = random_crop(images, self.padding, generator).float().div_(255)
+        flip = torch.rand(len(x), generator=generator, device=generator.device) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        factor = 1 + (torch.rand(len(x), generator=generator, device=generator.device) * 2 - 1) * self.brightness
+        x = (x * factor[:, None, None, None]).clamp_(0, 1)
+        return self._standardize(x)
+
+    def _standardize(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        x = (x - mean) / std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """A per-image random crop of the zero-padded batch, back to the original size."""
+    n, _, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (padding,) * 4)
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=generator.device)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=generator.device)
+    rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, None, :]
+    batch = torch.arange(n, device=images.device)[:, None, None, None]
+    channels = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
+    return padded[batch, channels, rows, cols]

@@ -1,0 +1,208 @@
+"""Labelled sets of uint8 RGB images: in memory (CIFAR) or as image files read on demand (ImageNet).
+
+Both kinds hand out whole batches as uint8 [n, H, W, 3] arrays; augmentation and normalisation happen on
+the batch afterwards (on the device), never per image here.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .specs import DatasetSpec
+
+# How users point the code at their data; repeated in every "data not found" error.
+DATA_ROOT_HINT = (
+    "pass --data-root DIR (or DATA=DIR for make) pointing at a folder that holds the data "
+    "(the prepared arrays or the torchvision download, directly or in DIR/<name>), "
+    "or run once with a network to download into DIR."
+)
+
+
+class DataError(Exception):
+    """Data missing, malformed or inconsistent; the message names the file and what was expected."""
+
+
+def candidate_dirs(name: str, root: str | Path) -> list[Path]:
+    """Where a data set may live: the root itself, then root/<name>.
+
+    Both are searched so that `data/` and `data/cifar100` are equally valid roots.
+    """
+    root = Path(root).expanduser()
+    return [root, root / name]
+
+
+def not_found_error(title: str, looked_in: list[str], reason: str = "") -> DataError:
+    """One error that lists every place searched and says how to fix it."""
+    places = "\n".join(f"  - {place}" for place in looked_in)
+    reason = f"\n{reason}" if reason else ""
+    return DataError(f"{title} not found. Looked in:\n{places}{reason}\nTo fix: {DATA_ROOT_HINT}")
+
+
+def _as_indices(indices: np.ndarray, size: int) -> np.ndarray:
+    """Integer row indices as int64, checked against `size` so a bad index fails with a clear message."""
+    idx = np.asarray(indices)
+    if idx.dtype == bool:
+        raise TypeError("pass integer row indices, not a boolean mask (use np.flatnonzero(mask))")
+    if idx.ndim != 1 or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
+        raise TypeError(f"indices must be a 1-D integer array, got dtype {idx.dtype} shape {idx.shape}")
+    idx = idx.astype(np.int64, copy=False)
+    if idx.size and (idx.min() < -size or idx.max() >= size):
+        raise IndexError(f"indices range {idx.min()}..{idx.max()} is outside a set of {size} images")
+    return idx
+
+
+def _mapped_labels(labels: np.ndarray, mapping: np.ndarray) -> np.ndarray:
+    mapping = np.asarray(mapping)
+    if labels.size and labels.max() >= len(mapping):
+        raise ValueError(f"mapping has {len(mapping)} entries but the labels go up to {labels.max()}")
+    return mapping[labels].astype(np.int64)
+
+
+class ImageSet(ABC):
+    """A labelled set of uint8 RGB images that all share `image_shape`."""
+
+    labels: np.ndarray  # int64 [N]
+    image_shape: tuple[int, int, int]
+    in_memory: bool = False
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @abstractmethod
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        """uint8 [len(indices), H, W, 3] images of those rows."""
+
+    @abstractmethod
+    def subset(self, indices: np.ndarray) -> "ImageSet":
+        """The same kind of set holding only those rows (labels unchanged)."""
+
+    @abstractmethod
+    def relabel(self, mapping: np.ndarray) -> "ImageSet":
+        """The same images with labels replaced by mapping[labels]."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self)} images of {self.image_shape})"
+
+
+class ArrayImageSet(ImageSet):
+    """Images held in one uint8 [N, H, W, 3] array (CIFAR-size data)."""
+
+    in_memory = True
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}")
+        if len(labels) != len(images):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images = images
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.image_shape = tuple(images.shape[1:])
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        return self.images[_as_indices(indices, len(self))]
+
+    def subset(self, indices: np.ndarray) -> "ArrayImageSet":
+        idx = _as_indices(indices, len(self))
+        return ArrayImageSet(self.images[idx], self.labels[idx])
+
+    def relabel(self, mapping: np.ndarray) -> "ArrayImageSet":
+        # Shares the image array: relabelling must not double the memory of a 50,000-image set.
+        return ArrayImageSet(self.images, _mapped_labels(self.labels, mapping))
+
+
+@functools.lru_cache(maxsize=None)
+def _decode_pool(pid: int) -> ThreadPoolExecutor:
+    """One pool per process (keyed by pid: a pool inherited through fork has no live threads)."""
+    # PIL releases the GIL while decoding and resizing, so a few threads scale well; more mostly
+    # contend with the training process for cores.
+    return ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="decode")
+
+
+def decode_center_crop(path: str, resize: int = 256, crop: int = 224) -> np.ndarray:
+    """RGB uint8 [crop, crop, 3]: shorter side resized to `resize` (bilinear), then a centre crop.
+
+    The size arithmetic copies torchvision's Resize(256) + CenterCrop(224) so images match the
+    reference pipelines' evaluation transform pixel for pixel.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot decode image {path}: {err}") from err
+    width, height = img.size
+    short, long = min(width, height), max(width, height)
+    new_long = int(resize * long / short)  # truncation, as torchvision does
+    size = (resize, new_long) if width <= height else (new_long, resize)
+    img = img.resize(size, Image.BILINEAR)
+    top = int(round((img.height - crop) / 2.0))
+    left = int(round((img.width - crop) / 2.0))
+    return np.asarray(img.crop((left, top, left + crop, top + crop)), dtype=np.uint8)
+
+
+class FolderImageSet(ImageSet):
+    """Images stored as files, decoded on each read() (ImageNet-size data does not fit in memory)."""
+
+    in_memory = False
+
+    def __init__(self, paths: Sequence[str | Path], labels: np.ndarray, resize: int = 256, crop: int = 224):
+        if len(paths) != len(labels):
+            raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
+        self.paths = np.asarray([str(p) for p in paths], dtype=object)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.resize, self.crop = resize, crop
+        self.image_shape = (crop, crop, 3)
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        idx = _as_indices(indices, len(self))
+        out = np.empty((len(idx), *self.image_shape), dtype=np.uint8)
+        decode = functools.partial(decode_center_crop, resize=self.resize, crop=self.crop)
+        if len(idx) <= 1:  # not worth a round trip through the pool
+            images = map(decode, self.paths[idx])
+        else:
+            images = _decode_pool(os.getpid()).map(decode, self.paths[idx])
+        for row, image in enumerate(images):
+            out[row] = image
+        return out
+
+    def subset(self, indices: np.ndarray) -> "FolderImageSet":
+        idx = _as_indices(indices, len(self))
+        return FolderImageSet(self.paths[idx], self.labels[idx], self.resize, self.crop)
+
+    def relabel(self, mapping: np.ndarray) -> "FolderImageSet":
+        return FolderImageSet(self.paths, _mapped_labels(self.labels, mapping), self.resize, self.crop)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    spec: DatasetSpec
+    train: ImageSet
+    test: ImageSet
+    class_names: list[str]
+
+
+def per_class_subset(labels: np.ndarray, per_class: int) -> np.ndarray:
+    """Sorted indices of the first `per_class` rows of every class present, in data-set order.
+
+    Deterministic on purpose (no sampling): a reduced data set must be the same on every machine.
+    """
+    labels = np.asarray(labels)
+    if per_class < 0:
+        raise ValueError(f"per_class must be >= 0, got {per_class}")
+    order = np.argsort(labels, kind="stable")  # stable: rows of one class stay in data-set order
+    classes, starts, counts = np.unique(labels[order], return_index=True, return_counts=True)
+    short = counts < per_class
+    if short.any():
+        listed = ", ".join(f"class {c} has {n}" for c, n in zip(classes[short][:5], counts[short][:5]))
+        more = f" (and {short.sum() - 5} more classes)" if short.sum() > 5 else ""
+        raise ValueError(f"per_class={per_class} asks for more images than some classes hold: {listed}{more}")
+    rank = np.arange(len(labels)) - np.repeat(starts, counts)  # position of each row within its class
+    return np.sort(order[rank < per_class]).astype(np.int64)

@@ -1,0 +1,208 @@
+"""One run, start to finish: load the scenario's data, get the shared first-task model, train the
+method through every task, check the memory audit against the budget, and write the record.
+
+The dispatcher (benchmark/dispatch.py) decides where runs execute; this module is what they
+execute, in-process or in a worker.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import traceback
+from dataclasses import asdict
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from budgets.accounting import MB
+from methods import METHODS
+
+from . import metrics
+from .batches import Augmentation, source_of
+from .data import DATASETS, Scenario, class_order, incremental_labels, load_dataset, per_class_subset
+from .engine import Engine, EngineSettings, RunData, TaskResult
+from .grid import Run
+from .profiles import Schedule
+from .records import origin, record_path, record_status, run_dir, write_json_atomic
+
+__all__ = ["execute_run", "train_first_task", "first_task_key", "write_failed_record", "record_status"]
+
+
+class BudgetExceeded(RuntimeError):
+    """The audited memory of a finished run is above its planned budget."""
+
+
+# -- data --------------------------------------------------------------------------------------
+@lru_cache(maxsize=2)
+def _dataset(name: str, root: str):
+    return load_dataset(name, root)
+
+
+def prepare_data(run: Run, data_root: Path, device: torch.device) -> RunData:
+    """The run's scenario on `device`: subsets applied, labels renumbered in class order."""
+    spec = DATASETS[run.dataset]
+    dataset = _dataset(run.dataset, str(data_root))
+    train, test = dataset.train, dataset.test
+    if run.training["images_per_class"]:
+        train = train.subset(per_class_subset(train.labels, run.training["images_per_class"]))
+    if run.training["test_images_per_class"]:
+        test = test.subset(per_class_subset(test.labels, run.training["test_images_per_class"]))
+    mapping = incremental_labels(class_order(spec.num_classes, run.seed))
+    train, test = train.relabel(mapping), test.relabel(mapping)
+    bounds = [0, *np.cumsum(Scenario.parse(run.scenario).task_sizes(spec.num_classes)).tolist()]
+    augmentation = Augmentation(spec.mean, spec.std, channels_last=True)
+    return RunData(source_of(train, device), source_of(test, device), bounds, spec.image_shape, augmentation)
+
+
+# -- the shared first-task model -----------------------------------------------------------------
+def first_task_identity(run: Run) -> dict[str, Any]:
+    """Everything that shapes the first task's training; every method trains it the same way
+    (cross-entropy on the first classes), so runs that agree on this share one model."""
+    t = run.training
+    return {"dataset": run.dataset, "first_task_classes": Scenario.parse(run.scenario).task_sizes(
+                DATASETS[run.dataset].num_classes)[0],
+            "class_order_seed": run.seed, "network_seed": run.network_seed, "backbone": run.backbone,
+            "schedule": t["first_task"], "images_per_class": t["images_per_class"], "augment": t["augment"]}
+
+
+def first_task_key(run: Run) -> str:
+    canonical = json.dumps(first_task_identity(run), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def first_task_path(results_root: Path, run: Run) -> Path:
+    return Path(results_root) / "first_task" / f"{first_task_key(run)}.pt"
+
+
+def train_first_task(run: Run, results_root: Path, device: str, data_root: Path, threads: int,
+                     log: Callable[[str], None] = print) -> Path:
+    """Train and cache the first-task model unless it is cached already; returns its path."""
+    path = first_task_path(results_root, run)
+    if path.exists():
+        return path
+    _set_threads(threads)
+    device_ = torch.device(device)
+    data = prepare_data(run, data_root, device_)
+    method = METHODS.get("replay")(run.backbone)  # plain cross-entropy: what every method does on task 0
+    engine = Engine(method, data, _settings(run, exemplars=0), log)
+    result = engine.learn_task(data.task(0))
+    payload = {"state": _to_cpu(method.network.first_task_state()), "identity": first_task_identity(run),
+               "cnn_accuracy": result.cnn.overall, "train_seconds": result.train_seconds}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(payload, temporary)
+    os.replace(temporary, path)
+    log(f"first-task model {path.name}: CNN {result.cnn.overall:.2f}% after {result.train_seconds:.1f}s")
+    return path
+
+
+def _to_cpu(state: dict) -> dict:
+    return {part: {k: v.detach().cpu() for k, v in tensors.items()} for part, tensors in state.items()}
+
+
+# -- one run -----------------------------------------------------------------------------------
+def _settings(run: Run, exemplars: int) -> EngineSettings:
+    first, later = Schedule(**_tuple_milestones(run.training["first_task"])), \
+        Schedule(**_tuple_milestones(run.training["later_tasks"]))
+    num_tasks = Scenario.parse(run.scenario).num_tasks(DATASETS[run.dataset].num_classes)
+    return EngineSettings(schedules=[first] + [later] * (num_tasks - 1), exemplars=exemplars,
+                          selection=run.training["exemplar_selection"], augment=run.training["augment"],
+                          network_seed=run.network_seed)
+
+
+def _tuple_milestones(schedule: dict) -> dict:
+    return {**schedule, "milestones": tuple(schedule["milestones"])}
+
+
+def _set_threads(threads: int) -> None:
+    if threads and threads > 0:
+        torch.set_num_threads(threads)
+
+
+def execute_run(run: Run, experiment_dir: Path, results_root: Path, device: str, data_root: Path,
+                threads: int) -> dict:
+    """Train `run` and write its record; an exception becomes a "failed" record, never a crash."""
+    folder = run_dir(experiment_dir, run.run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    results: list[TaskResult] = []
+    with open(folder / "log.txt", "a", buffering=1) as log_file:
+        def log(line: str) -> None:
+            log_file.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+        try:
+            _set_threads(threads)
+            log(f"run {run.run_id}: {run.method} on {run.dataset} {run.scenario}, seed {run.seed}, "
+                f"{run.backbone}, {run.exemplars} exemplars, device {device}, {torch.get_num_threads()} threads")
+            state = torch.load(train_first_task(run, results_root, device, data_root, threads, log),
+                               weights_only=True)["state"]
+            method = METHODS.get(run.method)(run.backbone, run.training["method_options"])
+            engine = Engine(method, prepare_data(run, data_root, torch.device(device)),
+                            _settings(run, run.exemplars), log)
+            engine.run(state, on_task=results.append)
+            check_budget(run, results[-1])
+            record = build_record(run, "complete", results, device, time.time() - started)
+        except Exception as error:  # recorded, so the grid goes on; KeyboardInterrupt is not caught
+            log(traceback.format_exc())
+            record = build_record(run, "failed", results, device, time.time() - started, error)
+    write_json_atomic(record_path(experiment_dir, run.run_id), record)
+    return record
+
+
+def check_budget(run: Run, final: TaskResult) -> None:
+    """At the final task the audited bytes (under the plan's policy) must fit every budget the run serves."""
+    for cell in run.cells:
+        if cell.budget_bytes is None:
+            continue
+        audited = final.memory[cell.policy]["total_bytes"]
+        if audited > cell.budget_bytes:
+            raise BudgetExceeded(
+                f"{run.method} at {cell.point_label}: audited memory {audited:,} bytes ({audited / MB:.3f} MB, "
+                f"policy {cell.policy}) exceeds the budget of {cell.budget_bytes:,} bytes ({cell.budget_bytes / MB:.3f} MB)")
+
+
+# -- the record --------------------------------------------------------------------------------
+def _cell_dict(run: Run, cell) -> dict:
+    return {**cell.as_row(), "dataset": run.dataset, "scenario": run.scenario, "seed": run.seed}
+
+
+def summarize(results: list[TaskResult]) -> dict[str, float]:
+    records = [r.as_record() for r in results]
+    summary = {}
+    for kind in ("cnn", "nme"):
+        curve = [r[f"{kind}_accuracy"] for r in records]
+        if any(np.isnan(curve)):
+            summary |= {f"{kind}_average_accuracy": None, f"{kind}_last_accuracy": None, f"{kind}_forgetting": None}
+            continue
+        matrix = metrics.accuracy_matrix([r[f"{kind}_accuracy_per_task"] for r in records])
+        summary |= {f"{kind}_average_accuracy": metrics.average_incremental_accuracy(curve),
+                    f"{kind}_last_accuracy": metrics.last_accuracy(curve),
+                    f"{kind}_forgetting": None if len(curve) < 2 else metrics.forgetting(matrix)}
+    return summary
+
+
+def build_record(run: Run, status: str, results: list[TaskResult], device: str, wall_seconds: float,
+                 error: BaseException | None = None) -> dict:
+    summary = {**summarize(results), "wall_seconds": wall_seconds} if status == "complete" else None
+    return {
+        "run_id": run.run_id, "status": status, "experiment": run.experiment,
+        "cell": _cell_dict(run, run.cells[0]), "cells": [_cell_dict(run, c) for c in run.cells],
+        "config": {**run.identity(), "experiment": run.experiment},
+        "origin": origin(device),
+        "tasks": [r.as_record() for r in results],
+        "summary": summary,
+        "error": None if error is None else {"type": type(error).__name__, "message": str(error),
+                                             "traceback": "".join(traceback.format_exception(error))},
+    }
+
+
+def write_failed_record(run: Run, experiment_dir: Path, error_type: str, message: str, traceback_text: str) -> dict:
+    """For failures the run could not record itself (a killed worker, out of memory)."""
+    record = build_record(run, "failed", [], "unknown", 0.0)
+    record["error"] = {"type": error_type, "message": message, "traceback": traceback_text}
+    write_json_atomic(record_path(experiment_dir, run.run_id), record)
+    return record
