@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-EXPERIMENT ?= benchmark/configs/cifar100_b0inc10_cpu.yaml
+EXPERIMENT ?= benchmark/configs/cifar100_b0inc20_cpu.yaml
 DATA ?=
 GPUS ?=
 WORKERS ?=
