@@ -88,7 +88,7 @@ def train_first_task(run: Run, results_root: Path, device: str, data_root: Path,
     _set_threads(threads)
     device_ = torch.device(device)
     data = prepare_data(run, data_root, device_)
-    method = METHODS.get("replay")(run.backbone)  # plain cross-entropy: what every method does on task 0
+    method = new_method(run, "replay")  # plain cross-entropy: what every method does on task 0
     engine = Engine(method, data, _settings(run, exemplars=0), log)
     result = engine.learn_task(data.task(0))
     payload = {"state": _to_cpu(method.network.first_task_state()), "identity": first_task_identity(run),
@@ -99,6 +99,12 @@ def train_first_task(run: Run, results_root: Path, device: str, data_root: Path,
     os.replace(temporary, path)
     log(f"first-task model {path.name}: CNN {result.cnn.overall:.2f}% after {result.train_seconds:.1f}s")
     return path
+
+
+def new_method(run: Run, name: str, options: dict | None = None):
+    """The method with its network initialized from the run's network seed (reproducible)."""
+    torch.manual_seed(run.network_seed)
+    return METHODS.get(name)(run.backbone, options)
 
 
 def _to_cpu(state: dict) -> dict:
@@ -140,7 +146,7 @@ def execute_run(run: Run, experiment_dir: Path, results_root: Path, device: str,
                 f"{run.backbone}, {run.exemplars} exemplars, device {device}, {torch.get_num_threads()} threads")
             state = torch.load(train_first_task(run, results_root, device, data_root, threads, log),
                                weights_only=True)["state"]
-            method = METHODS.get(run.method)(run.backbone, run.training["method_options"])
+            method = new_method(run, run.method, run.training["method_options"])
             engine = Engine(method, prepare_data(run, data_root, torch.device(device)),
                             _settings(run, run.exemplars), log)
             engine.run(state, on_task=results.append)

@@ -1,0 +1,109 @@
+"""Stand-ins for benchmark.runner in the dispatch tests: no training, only the files a runner leaves.
+
+Module-level, so worker processes (local and Ray) import them by name. Each fake appends one line
+per call to a journal file, which is how the tests count what ran where; small appends to an
+O_APPEND file are atomic, so concurrent workers do not interleave lines.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmark.dispatch import Runner
+from benchmark.grid import Run
+
+
+def first_task_key(run: Run) -> str:
+    # One first task per method here, so that the test grid has several keys with several runs each.
+    return f"{run.scenario}-seed{run.seed}-{run.method}"
+
+
+def _journal(path: Path, **entry) -> None:
+    with open(path, "a") as journal:
+        journal.write(json.dumps(entry) + "\n")
+
+
+def read_journal(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _environment(device: str, threads: int) -> dict:
+    return {"cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "device": device,
+            "threads": threads, "omp": os.environ.get("OMP_NUM_THREADS"), "pid": os.getpid()}
+
+
+@dataclass(frozen=True)
+class TrainFirstTask:
+    journal: Path
+    fail_keys: tuple[str, ...] = ()
+
+    def __call__(self, run: Run, results_root: Path, device: str, data_root: Path, threads: int) -> Path:
+        key = first_task_key(run)
+        _journal(self.journal, job="first_task", key=key, **_environment(device, threads))
+        if key in self.fail_keys:
+            raise RuntimeError(f"first task {key} diverged")
+        path = Path(results_root) / "first_task" / f"{key}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("model")
+        return path
+
+
+@dataclass(frozen=True)
+class ExecuteRun:
+    journal: Path
+    raise_for: tuple[str, ...] = ()   # methods or run ids that fail, recorded as the runner records exceptions
+    exit_for: tuple[str, ...] = ()    # methods or run ids that kill their worker process, as the OOM killer would
+    slow_for: tuple[str, ...] = ()    # methods or run ids that take a second or two
+
+    def __call__(self, run: Run, experiment_dir: Path, results_root: Path, device: str, data_root: Path,
+                 threads: int) -> dict:
+        _journal(self.journal, job="run", run_id=run.run_id, method=run.method, **_environment(device, threads))
+        if {run.method, run.run_id} & set(self.slow_for):
+            time.sleep(2)
+        if {run.method, run.run_id} & set(self.exit_for):
+            os._exit(1)
+        if {run.method, run.run_id} & set(self.raise_for):
+            return write_failed_record(run, experiment_dir, "ValueError", f"{run.method} exploded", "Traceback ...")
+        return _write_record(run, experiment_dir, _record(run, "complete", None, _environment(device, threads)))
+
+
+def _record(run: Run, status: str, error: dict | None, environment: dict | None = None) -> dict:
+    cell = run.cells[0]
+    return {"run_id": run.run_id, "status": status, "experiment": run.experiment,
+            "cell": {**cell.as_row(), "seed": run.seed, "dataset": run.dataset, "scenario": run.scenario},
+            "tasks": [], "summary": {}, "error": error, "environment": environment}
+
+
+def _write_record(run: Run, experiment_dir: Path, record: dict) -> dict:
+    folder = Path(experiment_dir) / "runs" / run.run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    temp = folder / "record.json.tmp"
+    temp.write_text(json.dumps(record))
+    temp.replace(folder / "record.json")  # atomic, like the runner's
+    return record
+
+
+def write_failed_record(run: Run, experiment_dir: Path, error_type: str, message: str,
+                        traceback_text: str) -> dict:
+    error = {"type": error_type, "message": message, "traceback": traceback_text}
+    return _write_record(run, experiment_dir, _record(run, "failed", error))
+
+
+def record_status(experiment_dir: Path, run_id: str) -> str | None:
+    try:
+        return json.loads((Path(experiment_dir) / "runs" / run_id / "record.json").read_text())["status"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def read_record(experiment_dir: Path, run_id: str) -> dict:
+    return json.loads((Path(experiment_dir) / "runs" / run_id / "record.json").read_text())
+
+
+def fake_runner(journal: Path, fail_keys: tuple[str, ...] = (), raise_for: tuple[str, ...] = (),
+                exit_for: tuple[str, ...] = (), slow_for: tuple[str, ...] = ()) -> Runner:
+    return Runner(first_task_key, TrainFirstTask(journal, fail_keys),
+                  ExecuteRun(journal, raise_for, exit_for, slow_for), write_failed_record, record_status)

@@ -1,0 +1,289 @@
+"""The dispatch layer with fake runners (tests/dispatch_fakes.py): devices, resume, failures, first
+tasks, validation, and the local-process and Ray executors on a 5-run grid. No training happens.
+
+Worker processes import the training stack (~5-10 s here), so the process-based executor runs one
+grid (a module fixture) that several tests inspect; the order logic is tested in-process (inline).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+import run_all
+from benchmark import devices, dispatch
+from benchmark.config import load_experiment
+from benchmark.devices import Slot, check_devices, physical_ids, ray_task_resources, worker_slots
+from benchmark.grid import expand
+from dispatch_fakes import ExecuteRun, fake_runner, read_journal, read_record
+
+EXPERIMENT = """\
+name: {name}
+dataset: cifar100
+scenario: B0Inc50
+methods: {methods}
+budgets: {budgets}
+seeds: [1]
+profile: cpu
+family: [conv2_half, resnet8_half, resnet14_half]
+benchmark_backbone: resnet14_half
+anchor_exemplars: 200
+"""
+
+
+def write_experiment(folder: Path, name: str = "tiny", methods: str = "[finetune, replay, der]",
+                     budgets: str = "[4, 6]") -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(EXPERIMENT.format(name=name, methods=methods, budgets=budgets))
+    return path
+
+
+def run_cli(runner: dispatch.Runner, experiment: Path, results: Path, data_root: Path, *options: str,
+            patch: pytest.MonkeyPatch) -> SimpleNamespace:
+    """`run_all.py run` with the fake runner; exit code and what it printed."""
+    patch.setattr(dispatch, "default_runner", lambda: runner)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = run_all.main(["run", str(experiment), "--results", str(results), "--data-root", str(data_root),
+                             *options])
+    return SimpleNamespace(code=code, out=out.getvalue(), err=err.getvalue())
+
+
+def executed(journal: Path, job: str = "run") -> list[str]:
+    return [entry["run_id" if job == "run" else "key"] for entry in read_journal(journal) if entry["job"] == job]
+
+
+# -- pure device and placement logic ----------------------------------------------------------
+def test_worker_slots_give_each_gpu_runs_per_gpu_slots_that_see_only_it():
+    slots = worker_slots(["0", "1"], runs_per_gpu=2, workers=1, cpu_count=16)
+    assert [s.device_env["CUDA_VISIBLE_DEVICES"] for s in slots] == ["0", "0", "1", "1"]
+    assert {s.device for s in slots} == {"cuda:0"}
+    assert {s.threads for s in slots} == {4}
+    assert slots[0].env["OMP_NUM_THREADS"] == "4"
+
+
+def test_worker_slots_on_the_cpu_split_the_cores():
+    slots = worker_slots([], runs_per_gpu=1, workers=2, cpu_count=8)
+    assert slots == [Slot({"CUDA_VISIBLE_DEVICES": ""}, "cpu", 4)] * 2
+    assert worker_slots([], 1, workers=4, cpu_count=2)[0].threads == 1  # never zero
+
+
+def test_gpu_numbers_follow_the_drivers_own_cuda_visible_devices():
+    assert physical_ids([0, 1], None) == ["0", "1"]
+    assert physical_ids([1], "2,5") == ["5"]
+
+
+def test_device_options_are_checked(monkeypatch):
+    monkeypatch.setattr(devices, "visible_gpu_count", lambda: 1)
+    assert check_devices(None, 1, None, None) == ([0], [])
+    assert check_devices("cpu", 1, 2, None) == ([], [])
+    _, problems = check_devices("0,3", 0, 0, None)
+    assert "--gpus 0,3: only 1 CUDA device visible (0)" in problems
+    assert "--runs-per-gpu 0: must be at least 1" in problems and "--workers 0: must be at least 1" in problems
+    assert "use comma-separated" in check_devices("0,a", 1, None, None)[1][0]
+    assert "--workers 2" in check_devices(None, 1, 2, None)[1][0]  # a GPU machine: --workers is for the CPU
+
+
+def test_ray_tasks_take_a_gpu_share_and_fit_every_gpu_node():
+    nodes = [{"CPU": 16, "GPU": 4}, {"CPU": 8, "GPU": 4}, {"CPU": 64}]
+    assert ray_task_resources(nodes, runs_per_gpu=2, workers=1) == (1, 0.5)
+    assert ray_task_resources([{"CPU": 32, "GPU": 2}], 2, 1) == (8, 0.5)
+    assert ray_task_resources([{"CPU": 8}, {"CPU": 4}], 1, workers=2) == (2, 0.0)
+
+
+def test_run_folders_must_stay_inside_the_experiment_folder(tmp_path):
+    problems = dispatch.run_folder_problems(["0123456789ab", "../../elsewhere"], tmp_path / "results" / "tiny")
+    assert len(problems) == 1 and "'../../elsewhere' would write outside" in problems[0]
+
+
+# -- validation: every problem at once, nothing run ---------------------------------------------
+def test_one_error_lists_a_bad_gpu_missing_data_and_a_bad_budget(tmp_path, monkeypatch):
+    monkeypatch.setattr(devices, "visible_gpu_count", lambda: 1)
+    experiment = write_experiment(tmp_path, budgets="[0.01]")
+    journal = tmp_path / "journal.txt"
+    result = run_cli(fake_runner(journal), experiment, tmp_path / "results", tmp_path / "no-data",
+                     "--gpus", "0,3", patch=monkeypatch)
+    assert result.code == 2
+    assert result.err.startswith("error: ")
+    for expected in ("--gpus 0,3: only 1 CUDA device visible (0)", "CIFAR-100 ('cifar100') not found",
+                     "budgets: B0Inc50: budget 0.01 MB"):
+        assert expected in result.err
+    assert not journal.exists() and not (tmp_path / "results").exists()
+
+
+def test_backend_options_are_checked(tmp_path, cifar_root, monkeypatch):
+    result = run_cli(fake_runner(tmp_path / "journal.txt"), write_experiment(tmp_path), tmp_path / "results",
+                     cifar_root, "--address", "head:6379", "--runs-per-gpu", "0", patch=monkeypatch)
+    assert result.code == 2
+    assert "--address head:6379: needs --backend ray" in result.err and "--runs-per-gpu 0" in result.err
+
+
+def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, cifar_root, monkeypatch):
+    journal = tmp_path / "journal.txt"
+    result = run_cli(fake_runner(journal), write_experiment(tmp_path), tmp_path / "results", cifar_root,
+                     "--gpus", "cpu", "--workers", "2", "--backend", "joblib", "--only-plan-check",
+                     patch=monkeypatch)
+    assert result.code == 0
+    assert "5 runs: 0 complete (skipped), 0 failed (skipped), 5 to run" in result.out
+    assert "would train 3 first-task model(s), then 5 run(s), on 2 worker process(es) on the CPU" in result.out
+    assert not journal.exists() and not (tmp_path / "results").exists()
+
+
+# -- resume and failures, in-process ----------------------------------------------------------
+def test_resume_after_a_kill_runs_only_the_missing_runs(tmp_path, cifar_root, monkeypatch):
+    experiment = write_experiment(tmp_path)
+    runs = expand(load_experiment(experiment))
+    experiment_dir = tmp_path / "results" / "tiny"
+    for run in runs[:2]:  # finished before the kill
+        ExecuteRun(tmp_path / "before.txt")(run, experiment_dir, tmp_path / "results", "cpu", cifar_root, 1)
+    killed = experiment_dir / "runs" / runs[2].run_id  # killed while writing its record
+    killed.mkdir(parents=True)
+    (killed / "record.json.tmp").write_text('{"run_id": "' + runs[2].run_id)
+    journal = tmp_path / "journal.txt"
+    first = run_cli(fake_runner(journal), experiment, tmp_path / "results", cifar_root,
+                    "--gpus", "cpu", "--backend", "inline", patch=monkeypatch)
+    assert first.code == 0, first.err
+    assert "5 runs: 2 complete (skipped), 0 failed (skipped), 3 to run" in first.out
+    assert sorted(executed(journal)) == sorted(run.run_id for run in runs[2:])
+    assert (experiment_dir / "runs.csv").exists() and "runs.csv" in first.out  # the report follows the run
+    second = run_cli(fake_runner(journal), experiment, tmp_path / "results", cifar_root,
+                     "--gpus", "cpu", "--backend", "inline", patch=monkeypatch)
+    assert second.code == 0
+    assert "5 runs: 5 complete (skipped), 0 failed (skipped), 0 to run" in second.out
+    # Only the first tasks the missing runs needed, and nothing again the second time.
+    assert sorted(executed(journal, "first_task")) == ["B0Inc50-seed1-der", "B0Inc50-seed1-replay"]
+    assert len(executed(journal)) == 3
+
+
+def test_a_failed_first_task_fails_its_runs_and_the_others_go_on(tmp_path, cifar_root, monkeypatch):
+    experiment = write_experiment(tmp_path)
+    runs = expand(load_experiment(experiment))
+    journal = tmp_path / "journal.txt"
+    result = run_cli(fake_runner(journal, fail_keys=("B0Inc50-seed1-der",)), experiment, tmp_path / "results",
+                     cifar_root, "--gpus", "cpu", "--backend", "inline", patch=monkeypatch)
+    assert result.code == 1
+    experiment_dir = tmp_path / "results" / "tiny"
+    for run in runs:
+        record = read_record(experiment_dir, run.run_id)
+        if run.method == "der":
+            assert record["status"] == "failed" and record["error"]["type"] == "FirstTaskError"
+            assert "B0Inc50-seed1-der" in record["error"]["message"] and "diverged" in record["error"]["message"]
+            assert run.run_id in result.err
+        else:
+            assert record["status"] == "complete"
+    assert "der" not in {read_record(experiment_dir, rid)["cell"]["method"] for rid in executed(journal)}
+
+
+def test_experiments_write_only_into_their_own_folder(tmp_path, cifar_root, monkeypatch):
+    results = tmp_path / "results"
+    for name, methods in (("one", "[finetune]"), ("two", "[replay]")):
+        experiment = write_experiment(tmp_path, name=name, methods=methods)
+        result = run_cli(fake_runner(tmp_path / f"{name}.txt"), experiment, results, cifar_root,
+                         "--gpus", "cpu", "--backend", "inline", patch=monkeypatch)
+        assert result.code == 0, result.err
+        ids = {run.run_id for run in expand(load_experiment(experiment))}
+        assert {path.parent.name for path in (results / name).glob("runs/*/record.json")} == ids
+    assert {path.relative_to(results).parts[0] for path in results.rglob("record.json")} == {"one", "two"}
+
+
+# -- local worker processes: one grid, several checks -------------------------------------------
+@pytest.fixture(scope="module")
+def local_grid(tmp_path_factory, cifar_root):
+    """5 runs on 2 fake GPUs, one worker process each: replay raises, the first der run kills its
+    worker (the other der run is slow, so the killed slot's next job needs a new process)."""
+    tmp = tmp_path_factory.mktemp("local")
+    experiment = write_experiment(tmp, methods="[der, replay, finetune]")
+    runs = expand(load_experiment(experiment))
+    der = [run.run_id for run in runs if run.method == "der"]
+    journal = tmp / "journal.txt"
+    runner = fake_runner(journal, raise_for=("replay",), exit_for=(der[0],), slow_for=(der[1],))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(devices, "visible_gpu_count", lambda: 2)
+        patch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        result = run_cli(runner, experiment, tmp / "results", cifar_root, "--gpus", "0,1", patch=patch)
+    return SimpleNamespace(result=result, runs=runs, killed=der[0], journal=read_journal(journal),
+                           experiment=experiment, results=tmp / "results", experiment_dir=tmp / "results" / "tiny")
+
+
+def test_each_worker_process_sees_only_its_gpu(local_grid):
+    seen = [entry["cuda_visible_devices"] for entry in local_grid.journal]
+    assert set(seen) == {"0", "1"}
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    for entry in local_grid.journal:
+        assert entry["device"] == "cuda:0" and entry["threads"] == threads and entry["omp"] == str(threads)
+
+
+def test_first_task_models_are_trained_once_each_before_their_runs(local_grid):
+    keys = [e["key"] for e in local_grid.journal if e["job"] == "first_task"]
+    assert Counter(keys) == Counter({"B0Inc50-seed1-der": 1, "B0Inc50-seed1-replay": 1, "B0Inc50-seed1-finetune": 1})
+    kinds = [e["job"] for e in local_grid.journal]
+    assert kinds == ["first_task"] * 3 + ["run"] * 5
+
+
+def test_failed_and_killed_runs_are_recorded_and_the_others_complete(local_grid):
+    grid = local_grid
+    assert grid.result.code == 1
+    assert "3 of 5 runs failed" in grid.result.err
+    for run in grid.runs:
+        record = read_record(grid.experiment_dir, run.run_id)
+        if run.run_id == grid.killed:
+            assert record["status"] == "failed" and record["error"]["type"] == "WorkerCrashedError"
+            assert "exited with code 1" in record["error"]["message"]
+        elif run.method == "replay":
+            assert record["status"] == "failed" and record["error"]["type"] == "ValueError"
+        else:
+            assert record["status"] == "complete"
+        if record["status"] == "failed":
+            line = next(line for line in grid.result.err.splitlines() if line.strip().startswith(run.run_id))
+            assert run.method in line and record["error"]["type"] in line
+            assert str(grid.experiment_dir / "runs" / run.run_id / "log.txt") in grid.result.err
+    # The killed worker's slot went on with a new process: three worker processes in all.
+    assert len({entry["pid"] for entry in grid.journal}) == 3
+
+
+def test_failed_runs_are_skipped_until_retried(local_grid, tmp_path, cifar_root, monkeypatch):
+    results = tmp_path / "results"
+    shutil.copytree(local_grid.results, results)
+    journal = tmp_path / "journal.txt"
+    skipped = run_cli(fake_runner(journal), local_grid.experiment, results, cifar_root,
+                      "--gpus", "cpu", "--backend", "inline", patch=monkeypatch)
+    assert skipped.code == 1 and not journal.exists()
+    assert "5 runs: 2 complete (skipped), 3 failed (skipped), 0 to run" in skipped.out
+    assert local_grid.killed in skipped.err and "--retry-failed" in skipped.err
+    retried = run_cli(fake_runner(journal), local_grid.experiment, results, cifar_root,
+                      "--gpus", "cpu", "--backend", "inline", "--retry-failed", patch=monkeypatch)
+    assert retried.code == 0, retried.err
+    assert "5 runs: 2 complete (skipped), 3 failed (retrying), 3 to run" in retried.out
+    failed_before = {run.run_id for run in local_grid.runs if run.method == "replay"} | {local_grid.killed}
+    assert set(executed(journal)) == failed_before and len(executed(journal)) == 3
+
+
+def test_report_command(local_grid, tmp_path, capsys):
+    assert run_all.main(["report", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere does not exist" in capsys.readouterr().err
+    assert run_all.main(["report", str(local_grid.experiment_dir)]) == 0
+    assert str(local_grid.experiment_dir / "runs.csv") in capsys.readouterr().out
+
+
+# -- Ray, a local instance --------------------------------------------------------------------
+def test_ray_backend_runs_a_grid_on_a_local_instance(tmp_path, cifar_root, monkeypatch):
+    pytest.importorskip("ray")
+    experiment = write_experiment(tmp_path, methods="[finetune, replay]", budgets="[4]")
+    runs = {run.method: run for run in expand(load_experiment(experiment))}
+    journal = tmp_path / "journal.txt"
+    result = run_cli(fake_runner(journal, exit_for=("replay",)), experiment, tmp_path / "results", cifar_root,
+                     "--backend", "ray", "--gpus", "cpu", patch=monkeypatch)
+    assert result.code == 1, result.err
+    assert "local Ray instance" in result.out
+    experiment_dir = tmp_path / "results" / "tiny"
+    assert read_record(experiment_dir, runs["finetune"].run_id)["status"] == "complete"
+    crashed = read_record(experiment_dir, runs["replay"].run_id)  # the task's worker died: the driver wrote this
+    assert crashed["status"] == "failed" and crashed["error"]["type"] == "WorkerCrashedError"
+    assert sorted(executed(journal, "first_task")) == ["B0Inc50-seed1-finetune", "B0Inc50-seed1-replay"]
+    assert {entry["threads"] for entry in read_journal(journal)} == {os.cpu_count()}  # one run at a time

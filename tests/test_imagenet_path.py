@@ -1,0 +1,52 @@
+"""The folder (ImageNet-style) data path through the engine: decoded batches, exemplars stored as
+224x224 uint8 images and charged 150,528 bytes each."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from benchmark.batches import Augmentation, ConcatSource, FolderSource, source_of
+from benchmark.data import load_dataset
+from benchmark.engine import Engine, EngineSettings, RunData
+from benchmark.profiles import Schedule
+from methods import METHODS
+
+
+@pytest.fixture(scope="module")
+def tiny_imagenet(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data") / "imagenet100"
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 4), ("val", 2)):
+        for label, name in enumerate(["n01", "n02", "n03"]):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                size = (int(rng.integers(230, 300)), int(rng.integers(230, 300)), 3)
+                # Each class has its own colour, so a few steps can tell them apart.
+                pixels = np.clip(rng.normal(60 + 70 * label, 20, size), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # three classes instead of ImageNet-100's hundred
+        return load_dataset("imagenet100", root.parent)
+
+
+def test_replay_runs_on_folder_data_and_charges_imagenet_bytes(tiny_imagenet):
+    device = torch.device("cpu")
+    spec = tiny_imagenet.spec
+    data = RunData(source_of(tiny_imagenet.train, device), source_of(tiny_imagenet.test, device), [0, 2, 3],
+                   spec.image_shape, Augmentation(spec.mean, spec.std))
+    assert isinstance(data.train, FolderSource)
+    schedule = Schedule(epochs=1, milestones=(), weight_decay=0.0, batch_size=4)
+    torch.manual_seed(0)
+    method = METHODS.get("replay")("resnet8_half")
+    engine = Engine(method, data, EngineSettings([schedule, schedule], exemplars=4), log=lambda line: None)
+    results = engine.run()
+    # After task 1 three classes are seen: floor(4 / 3) = 1 exemplar each, decoded to 224x224.
+    assert engine.memory.images.shape == (3, 3, 224, 224) and engine.memory.images.dtype == torch.uint8
+    assert results[-1].memory["paper"]["exemplar_bytes"] == 3 * 150_528
+    assert results[-1].exemplars_stored == 3
+    # Task 1 trained on the new folder images plus the stored exemplars.
+    assert isinstance(engine.training_set(data.task(1)), ConcatSource)
+    assert len(results[-1].cnn.per_task) == 2
