@@ -173,7 +173,7 @@ class Engine:
 
     # -- exemplars ------------------------------------------------------------------------------
     def update_memory(self, task: Task) -> None:
-        if not self.method.uses_exemplars:
+        if not self.method.uses_exemplars or self.memory.budget == 0:
             return
         per_class = self.memory.per_class(task.total_classes)
         self.memory.shrink(per_class)
