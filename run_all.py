@@ -106,8 +106,8 @@ def run_command(args: argparse.Namespace) -> int:
         return 2
     runner = dispatch.default_runner()
     resume = dispatch.sort_by_status(target.runs, target.experiment_dir, runner, args.retry_failed)
-    where = devices.describe_placement(args.backend, target.gpus, args.runs_per_gpu, args.workers or devices.default_cpu_workers(),
-                                        args.address)
+    workers = args.workers or devices.default_cpu_workers()
+    where = devices.describe_placement(args.backend, target.gpus, args.runs_per_gpu, workers, args.address)
     print(f"{target.experiment.name}: {resume.line()}")
     if args.dry_run:
         return _print_dry_run(resume.to_run, runner, where)
@@ -128,7 +128,8 @@ def run_command(args: argparse.Namespace) -> int:
 def _execute(args: argparse.Namespace, target: Target, runs: list[Run], runner: dispatch.Runner,
              where: str) -> list[dispatch.Failure]:
     print(f"running on {where}; results in {target.experiment_dir}")
-    executor = dispatch.open_executor(args.backend, target.gpus, args.runs_per_gpu, args.workers or devices.default_cpu_workers(),
+    workers = args.workers or devices.default_cpu_workers()
+    executor = dispatch.open_executor(args.backend, target.gpus, args.runs_per_gpu, workers,
                                       args.address, target.experiment_dir / "workers")
     try:
         return dispatch.execute_grid(runs, target.experiment_dir, Path(args.results), Path(args.data_root),
