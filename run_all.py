@@ -81,12 +81,17 @@ def check_run_request(args: argparse.Namespace) -> tuple[Target | None, list[str
 
 
 def _data_problems(dataset: str, data_root: str) -> list[str]:
-    from benchmark.data import DataError, find_dataset_dir
+    """The data set must be there before anything trains; a missing one is downloaded here, once,
+    where torchvision can (CIFAR on a machine with a network), so workers never race to fetch it."""
+    from benchmark.data import DataError, find_dataset_dir, load_dataset
 
     try:
         find_dataset_dir(dataset, data_root)
-    except DataError as error:
-        return [str(error)]
+    except DataError:
+        try:
+            load_dataset(dataset, data_root, download=True)
+        except DataError as error:
+            return [str(error)]
     return []
 
 
