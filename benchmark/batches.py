@@ -171,10 +171,3 @@ def crop_and_flip(images: torch.Tensor, padding: int, dy: torch.Tensor, dx: torc
     index = (rows[:, :, None] * width + columns[:, None, :]).view(n, 1, h * w)
     return padded.gather(2, index.expand(n, c, h * w)).view(n, c, h, w)
 
-
-def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """A per-image random crop of the zero-padded batch, back to the original size."""
-    n, device = len(images), generator.device
-    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=device)
-    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=device)
-    return crop_and_flip(images, padding, dy, dx)

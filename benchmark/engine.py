@@ -180,12 +180,14 @@ class Engine:
         train = self.data.train
         for label in range(task.known_classes, task.total_classes):
             rows = self.data.rows(train, label, label + 1)
-            self.memory.add_class(label, train.images(rows[self.selection_order(train, rows, per_class)]))
+            self.memory.add_class(label, train.images(rows[self.selection_order(train, rows, per_class, label)]))
         self.memory.check_budget()
 
-    def selection_order(self, source: BatchSource, rows: torch.Tensor, count: int) -> torch.Tensor:
+    def selection_order(self, source: BatchSource, rows: torch.Tensor, count: int, label: int) -> torch.Tensor:
         if self.settings.selection == "random":
-            return random_order(count, len(rows), torch.Generator().manual_seed(self.settings.network_seed))
+            # One stream per class: a shared seed would pick the same positions in every class.
+            seed = self.settings.network_seed * 1000 + label
+            return random_order(count, len(rows), torch.Generator().manual_seed(seed)).to(rows.device)
         features, _ = extract(self.method.network, source, self.data.augmentation, self.settings.eval_batch_size, rows)
         return herding_order(features, count).to(rows.device)
 

@@ -113,8 +113,8 @@ def _to_cpu(state: dict) -> dict:
 
 # -- one run -----------------------------------------------------------------------------------
 def _settings(run: Run, exemplars: int) -> EngineSettings:
-    first, later = Schedule(**_tuple_milestones(run.training["first_task"])), \
-        Schedule(**_tuple_milestones(run.training["later_tasks"]))
+    first = Schedule(**_tuple_milestones(run.training["first_task"]))
+    later = Schedule(**_tuple_milestones(run.training["later_tasks"]))
     num_tasks = Scenario.parse(run.scenario).num_tasks(DATASETS[run.dataset].num_classes)
     return EngineSettings(schedules=[first] + [later] * (num_tasks - 1), exemplars=exemplars,
                           selection=run.training["exemplar_selection"], augment=run.training["augment"],

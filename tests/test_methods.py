@@ -605,3 +605,25 @@ def test_build_network_kinds():
     assert isinstance(build_network("memo", TINY), MEMONet)
     with pytest.raises(KeyError, match="unknown network growth"):
         build_network("tree", TINY)
+
+
+def test_random_selection_draws_each_class_separately():
+    """With random selection, each class gets its own draw (a shared seed would pick the same
+    positions in every class)."""
+    from benchmark.batches import Augmentation, TensorSource
+    from benchmark.engine import Engine, EngineSettings, RunData
+    from benchmark.profiles import Schedule
+    from methods import METHODS
+
+    images = torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1).expand(40, 3, 8, 8).contiguous()
+    labels = torch.arange(40) // 20  # class 0: rows 0-19, class 1: rows 20-39
+    source = TensorSource(images, labels)
+    data = RunData(source, source, [0, 2], (8, 8, 3), Augmentation((0.5,) * 3, (0.25,) * 3))
+    schedule = Schedule(epochs=0, milestones=(), weight_decay=0.0)
+    engine = Engine(METHODS.get("replay")("resnet8_half"), data,
+                    EngineSettings([schedule], exemplars=10, selection="random"), log=lambda line: None)
+    engine.learn_task(data.task(0))
+    stored = engine.memory.images[:, 0, 0, 0].long()
+    positions = [sorted((stored[engine.memory.labels == c] - 20 * c).tolist()) for c in (0, 1)]
+    assert all(len(p) == 5 and len(set(p)) == 5 for p in positions)
+    assert positions[0] != positions[1]
