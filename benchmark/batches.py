@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,12 @@ class BatchSource:
 
     def images(self, indices: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def batches(self, order: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(rows, uint8 images on the device) for each slice of `order`, in order. Sources that
+        read from disk override this to prefetch the next batch while the current one trains."""
+        for rows in order.split(batch_size):
+            yield rows, self.images(rows)
 
 
 class TensorSource(BatchSource):

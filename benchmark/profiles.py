@@ -33,6 +33,7 @@ class Profile:
     augment: bool = True                      # pad-4 crop, flip, brightness jitter
     eval_batch_size: int = 1000
     herding_batch_size: int = 1000
+    precision: str = "fp32"                   # fp32, or bf16 autocast (CUDA only)
 
     def schedule(self, method: str, task: int) -> Schedule:
         return self.first_task if task == 0 else self.later_tasks[method]
