@@ -1,5 +1,6 @@
-"""The folder (ImageNet-style) data path through the engine: decoded batches, exemplars stored as
-224x224 uint8 images and charged 150,528 bytes each."""
+"""The folder (ImageNet-style) data path through the engine: batches read from the decoded uint8 cache
+(built on first use under the data folder), exemplars stored as 224x224 uint8 images and charged
+150,528 bytes each."""
 import warnings
 
 import numpy as np
@@ -7,8 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmark.batches import Augmentation, ConcatSource, FolderSource, source_of
+from benchmark.batches import Augmentation, CachedSource, ConcatSource, source_of
 from benchmark.data import load_dataset
+from benchmark.data.image_cache import CACHE_ENV
 from benchmark.engine import Engine, EngineSettings, RunData
 from benchmark.profiles import Schedule
 from methods import METHODS
@@ -27,7 +29,8 @@ def tiny_imagenet(tmp_path_factory):
                 # Each class has its own colour, so a few steps can tell them apart.
                 pixels = np.clip(rng.normal(60 + 70 * label, 20, size), 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(folder / f"{i}.png")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), pytest.MonkeyPatch.context() as patch:
+        patch.delenv(CACHE_ENV, raising=False)  # the default place: DATA/imagenet100/.cache
         warnings.simplefilter("ignore")  # three classes instead of ImageNet-100's hundred
         return load_dataset("imagenet100", root.parent)
 
@@ -37,7 +40,9 @@ def test_replay_runs_on_folder_data_and_charges_imagenet_bytes(tiny_imagenet):
     spec = tiny_imagenet.spec
     data = RunData(source_of(tiny_imagenet.train, device), source_of(tiny_imagenet.test, device), [0, 2, 3],
                    spec.image_shape, Augmentation(spec.mean, spec.std))
-    assert isinstance(data.train, FolderSource)
+    assert isinstance(data.train, CachedSource) and isinstance(data.test, CachedSource)
+    cache = sorted(p.name.split("-")[0] + p.suffix for p in (tiny_imagenet.train.cache_dir).glob("*.npy"))
+    assert tiny_imagenet.train.cache_dir.parts[-2:] == ("imagenet100", ".cache") and cache == ["train.npy", "val.npy"]
     schedule = Schedule(epochs=1, milestones=(), weight_decay=0.0, batch_size=4)
     torch.manual_seed(0)
     method = METHODS.get("replay")("resnet8_half")

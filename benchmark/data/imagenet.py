@@ -4,6 +4,8 @@ Layout, in `root` or `root/imagenet100`:
     train/<class_dir>/*.JPEG, val/<class_dir>/*.JPEG          (class index = sorted class dir names)
     optional train.txt, val.txt: lines "relative/path.JPEG label" (the PyCIL/PODNet split lists)
 When both lists exist they define the split and the labels; otherwise the folders are scanned.
+Batch sources read the images from a decoded uint8 cache in root/imagenet100/.cache (image_cache.py;
+$CIL_IMAGE_CACHE moves it or turns it off), built on first use.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .image_cache import cache_dir_for
 from .imageset import DataError, Dataset, FolderImageSet, candidate_dirs, not_found_error
 from .specs import DatasetSpec
 
@@ -160,5 +163,7 @@ def load_imagenet(spec: DatasetSpec, root: str | Path, download: bool = True) ->
         # comparable with published ImageNet-100 numbers.
         warnings.warn(f"{folder}: {spec.name} has {spec.num_classes} classes, found {len(names)}; using {len(names)}")
         spec = dataclasses.replace(spec, num_classes=len(names))
-    train, test = (FolderImageSet(*splits[split], crop=spec.image_shape[0]) for split in SPLITS)
+    cache_dir = cache_dir_for(folder)  # used (and built) when a batch source is made, not here
+    train, test = (FolderImageSet(*splits[split], crop=spec.image_shape[0], cache_dir=cache_dir, split=split)
+                   for split in SPLITS)
     return Dataset(spec, train, test, names)

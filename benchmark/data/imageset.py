@@ -87,6 +87,10 @@ class ImageSet(ABC):
     def relabel(self, mapping: np.ndarray) -> "ImageSet":
         """The same images with labels replaced by mapping[labels]."""
 
+    def cached_images(self) -> np.ndarray | None:
+        """All images as one uint8 [N, H, W, 3] array (a memory map) when the set keeps such a cache."""
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self)} images of {self.image_shape})"
 
@@ -149,17 +153,21 @@ def decode_center_crop(path: str, resize: int = 256, crop: int = 224) -> np.ndar
 
 
 class FolderImageSet(ImageSet):
-    """Images stored as files, decoded on each read() (ImageNet-size data does not fit in memory)."""
+    """Images stored as files. read() decodes them; with a `cache_dir`, cached_images() decodes every
+    file once into a shared uint8 memory map (image_cache.py) that batch sources read instead."""
 
     in_memory = False
 
-    def __init__(self, paths: Sequence[str | Path], labels: np.ndarray, resize: int = 256, crop: int = 224):
+    def __init__(self, paths: Sequence[str | Path], labels: np.ndarray, resize: int = 256, crop: int = 224,
+                 cache_dir: str | Path | None = None, split: str = "images"):
         if len(paths) != len(labels):
             raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
         self.paths = np.asarray([str(p) for p in paths], dtype=object)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.resize, self.crop = resize, crop
         self.image_shape = (crop, crop, 3)
+        self.cache_dir, self.split = cache_dir, split
+        self._cached: np.ndarray | None = None  # opened once per set: the check stats every file
 
     def read(self, indices: np.ndarray) -> np.ndarray:
         idx = _as_indices(indices, len(self))
@@ -173,12 +181,29 @@ class FolderImageSet(ImageSet):
             out[row] = image
         return out
 
+    def cached_images(self) -> np.ndarray | None:
+        if self.cache_dir is None:
+            return None
+        if self._cached is None:
+            from .image_cache import open_image_cache
+
+            decode = functools.partial(decode_center_crop, resize=self.resize, crop=self.crop)
+            transform = {"decode": "resize_shorter_bilinear+center_crop", "resize": self.resize, "crop": self.crop}
+            self._cached = open_image_cache(self.paths.tolist(), decode, self.image_shape, transform,
+                                            self.cache_dir, self.split)
+        return self._cached
+
     def subset(self, indices: np.ndarray) -> "FolderImageSet":
+        # Another file list is another cache (built on first use), so a reduced profile never
+        # decodes the images it does not use.
         idx = _as_indices(indices, len(self))
-        return FolderImageSet(self.paths[idx], self.labels[idx], self.resize, self.crop)
+        return FolderImageSet(self.paths[idx], self.labels[idx], self.resize, self.crop, self.cache_dir, self.split)
 
     def relabel(self, mapping: np.ndarray) -> "FolderImageSet":
-        return FolderImageSet(self.paths, _mapped_labels(self.labels, mapping), self.resize, self.crop)
+        relabelled = FolderImageSet(self.paths, _mapped_labels(self.labels, mapping), self.resize, self.crop,
+                                    self.cache_dir, self.split)
+        relabelled._cached = self._cached  # same files, same cache
+        return relabelled
 
 
 @dataclass(frozen=True)
