@@ -15,9 +15,23 @@ from torch import nn
 from .backbones import Backbone, build_backbone, pool_features
 
 
+def reference_linear(in_features: int, out_features: int) -> nn.Linear:
+    """A linear layer initialized as the reference code's SimpleLinear (PyCIL convs/linears.py),
+    which every classifier and auxiliary head there is: weights kaiming_uniform_ with the linear
+    gain, bound sqrt(3 / in_features), and a zero bias. PyTorch's default draws the weights from a
+    sqrt(3)-times narrower range and the bias at random."""
+    fc = nn.Linear(in_features, out_features)
+    nn.init.kaiming_uniform_(fc.weight, nonlinearity="linear")
+    nn.init.zeros_(fc.bias)
+    return fc
+
+
 def expanded_classifier(old: nn.Linear | None, in_features: int, num_classes: int) -> nn.Linear:
-    """A classifier for `num_classes` whose old rows (and old input columns) keep their weights."""
-    fc = nn.Linear(in_features, num_classes)
+    """A classifier for `num_classes` whose old rows (and old input columns) keep their weights.
+
+    Everything else is freshly initialized, the old classes' weights on a new backbone's features
+    included, as PyCIL's update_fc does (utils/inc_net.py, DERNet and AdaptiveNet)."""
+    fc = reference_linear(in_features, num_classes)
     if old is not None:
         with torch.no_grad():
             fc.weight[: old.out_features, : old.in_features] = old.weight
@@ -60,7 +74,7 @@ class IncrementalNet(nn.Module):
 
     def add_aux_head(self, new_classes: int) -> None:
         """DER/MEMO's auxiliary head on the newest block: the new classes plus one 'old' label."""
-        self.aux_fc = nn.Linear(self.newest_dim, new_classes + 1)
+        self.aux_fc = reference_linear(self.newest_dim, new_classes + 1)
 
     def drop_aux_head(self) -> None:
         self.aux_fc = None

@@ -33,5 +33,27 @@ def pool_features(feature_map: torch.Tensor) -> torch.Tensor:
     return feature_map.mean(dim=(2, 3))
 
 
+def reference_init(module: nn.Module) -> nn.Module:
+    """The reference CIFAR ResNets' initialization, in place; returns `module`.
+
+    PyCIL's and the MEMO authors' CIFAR ResNets (convs/cifar_resnet.py, convs/memo_cifar_resnet.py)
+    draw conv weights from N(0, 2 / fan_out) with fan_out = k*k*out_channels (He et al., 2015, in
+    its fan-out form) and set BatchNorm to weight 1, bias 0. PyTorch's default conv init has variance
+    1 / (3 fan_in), six times smaller where fan_in = fan_out; matching the reference keeps the
+    first-task model, which every method shares, comparable to theirs (docs/fidelity.md).
+    torchvision's ImageNet ResNets already do this; the small ConvNets keep PyTorch's defaults
+    because the reference ones do (convs/conv_cifar.py, convs/conv_imagenet.py).
+    """
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d):
+            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+        elif isinstance(layer, nn.BatchNorm2d):
+            nn.init.ones_(layer.weight)
+            nn.init.zeros_(layer.bias)
+    return module
+
+
 def parameter_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())

@@ -7,21 +7,27 @@ what makes resnet32 weigh exactly 463,504 parameters, the number the MEMO paper 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .base import Backbone
+from .base import Backbone, reference_init
 
 
 class ZeroPadShortcut(nn.Module):
-    """Option A: stride-2 subsample, then pad the channels with zeros (no parameters)."""
+    """Option A: stride-2 subsample, then pad the channels with zeros (no parameters).
+
+    The padding keeps the input's memory format (channels_last in, channels_last out): a zero
+    block made with `new_zeros` is NCHW, and concatenating it to a channels_last map makes the
+    residual sum, and every layer after it, convert layouts. PyCIL's DownsampleA gets the same
+    effect from `x.mul(0)`; constant padding skips that multiply.
+    """
 
     def __init__(self, extra_channels: int) -> None:
         super().__init__()
         self.extra_channels = extra_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x[:, :, ::2, ::2]
-        return torch.cat([x, x.new_zeros(x.shape[0], self.extra_channels, *x.shape[2:])], dim=1)
+        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 0, self.extra_channels))
 
 
 class BasicBlock(nn.Module):
@@ -55,4 +61,4 @@ def cifar_resnet(depth: int, width: int = 16) -> Backbone:
     stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
     generalized = nn.Sequential(stem, _stage(width, width, blocks, 1), _stage(width, 2 * width, blocks, 2))
     specialized = _stage(2 * width, 4 * width, blocks, 2)
-    return Backbone(generalized, specialized, out_dim=4 * width)
+    return reference_init(Backbone(generalized, specialized, out_dim=4 * width))
