@@ -25,8 +25,12 @@ class DatasetSpec:
         return height * width * channels
 
 
-# The normalisation constants are the ones PyCIL uses, so that reproduced numbers stay comparable
-# (the CIFAR-100 README's recomputed values differ in the fourth decimal only).
+# The normalisation constants are PyCIL's (utils/data.py iCIFAR10 / iCIFAR100 / iImageNet100; the
+# MEMO authors' utils/data.py has the same), so that reproduced numbers stay comparable. The CIFAR-100
+# ones are the data set's per-channel pixel mean and std (the data README's recomputed values differ
+# in the fourth decimal only). The CIFAR-10 std (0.2023, 0.1994, 0.2010) is not the pixel std
+# (0.2470, 0.2435, 0.2616) but a widely copied value (it reproduces as the mean of per-image stds,
+# per chenyaofo/image-classification-codebase issue 5); kept because the reference normalizes with it.
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -34,7 +38,7 @@ DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
         DatasetSpec("cifar100", 100, (32, 32, 3), (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761), 500),
-        DatasetSpec("cifar10", 10, (32, 32, 3), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 5000),
+        DatasetSpec("cifar10", 10, (32, 32, 3), (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), 5000),
         # ImageNet-100 images are read as a 224x224 centre crop (see FolderImageSet).
         DatasetSpec("imagenet100", 100, (224, 224, 3), _IMAGENET_MEAN, _IMAGENET_STD, 1300),
     )
