@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from budgets.planner import BudgetError, CellPlan, PlanContext, plan
+from methods import METHODS
 
 from .config import Experiment
 from .data import DATASETS, Scenario
@@ -59,7 +60,7 @@ def plan_context(experiment: Experiment, scenario: str) -> PlanContext:
         min_exemplars=experiment.min_exemplars, train_images=spec.num_classes * per_class)
 
 
-def training_settings(experiment: Experiment, method: str) -> dict[str, Any]:
+def training_settings(experiment: Experiment, method: str, scenario: str) -> dict[str, Any]:
     profile = experiment.profile
     return {
         "first_task": asdict(profile.first_task),
@@ -68,7 +69,8 @@ def training_settings(experiment: Experiment, method: str) -> dict[str, Any]:
         "test_images_per_class": profile.test_images_per_class,
         "augment": profile.augment,
         "exemplar_selection": experiment.exemplar_selection,
-        "method_options": experiment.method_options.get(method, {}),
+        "method_options": METHODS.get(method).resolve_options(experiment.method_options.get(method, {}),
+                                                              Scenario.parse(scenario).base),
     }
 
 
@@ -86,7 +88,7 @@ def expand(experiment: Experiment) -> list[Run]:
             for cell in cells:
                 run = Run(experiment.name, experiment.dataset, scenario, seed, experiment.network_seed,
                           cell.method, cell.backbone, cell.exemplars,
-                          training_settings(experiment, cell.method), (cell,))
+                          training_settings(experiment, cell.method, scenario), (cell,))
                 known = runs.get(run.run_id)
                 runs[run.run_id] = run if known is None else _with_cell(known, cell)
     if problems:

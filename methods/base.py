@@ -48,6 +48,16 @@ class Method:
         self.network: IncrementalNet = build_network(self.growth, backbone)
         self.teacher: IncrementalNet | None = None
 
+    @classmethod
+    def resolve_options(cls, options: dict[str, Any], base_classes: int) -> dict[str, Any]:
+        """The options with every scenario-dependent value ("auto") made concrete.
+
+        Called when the grid is expanded, where the scenario is known (`base_classes` is its B,
+        0 for B0 scenarios), so that what a run trains with is what its identity records. The
+        default has nothing to resolve; a method whose defaults depend on the scenario overrides it.
+        """
+        return dict(options)
+
     # -- hooks --------------------------------------------------------------------------------
     def before_task(self, task: Task) -> None:
         """Grow the network for the new classes. Called before the task's training."""
