@@ -274,8 +274,9 @@ def test_classifier_growth_keeps_old_rows():
 
 # -- methods' hooks ------------------------------------------------------------------------------
 def make(name: str, **options) -> Method:
+    """The method with its options resolved as the grid does for a B0 scenario (MEMO: train_base true)."""
     torch.manual_seed(0)
-    return METHODS.get(name)(TINY, options or None)
+    return METHODS.get(name)(TINY, METHODS.get(name).resolve_options(options, base_classes=0))
 
 
 def batch(count: int = 6, low: int = 0, high: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -543,7 +544,7 @@ def test_first_task_state_loads_into_every_method_network():
     reference = single.network(images)["logits"]
     for name in sorted(ALL_METHODS):
         torch.manual_seed(7)
-        method = METHODS.get(name)(TINY)
+        method = METHODS.get(name)(TINY, METHODS.get(name).resolve_options({}, base_classes=0))
         method.before_task(Task(0, 0, 4, 2))
         method.network.load_first_task_state(state)
         method.network.eval()
@@ -619,7 +620,7 @@ def test_random_selection_draws_each_class_separately():
     labels = torch.arange(40) // 20  # class 0: rows 0-19, class 1: rows 20-39
     source = TensorSource(images, labels)
     data = RunData(source, source, [0, 2], (8, 8, 3), Augmentation((0.5,) * 3, (0.25,) * 3))
-    schedule = Schedule(epochs=0, milestones=(), weight_decay=0.0)
+    schedule = Schedule(epochs=1, milestones=(), weight_decay=0.0)  # the draw does not depend on training
     engine = Engine(METHODS.get("replay")("resnet8_half"), data,
                     EngineSettings([schedule], exemplars=10, selection="random"), log=lambda line: None)
     engine.learn_task(data.task(0))
