@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .checks import check_dataset
 from .cifar import find_cifar_dir, load_cifar
 from .imagenet import find_imagenet_dir, load_imagenet
 from .imageset import ArrayImageSet, DataError, Dataset, FolderImageSet, ImageSet, per_class_subset
@@ -12,7 +13,7 @@ from .specs import DATASETS, DatasetSpec, dataset_spec
 __all__ = [
     "DATASETS", "DatasetSpec", "dataset_spec",
     "ImageSet", "ArrayImageSet", "FolderImageSet", "Dataset", "DataError", "per_class_subset",
-    "load_dataset", "find_dataset_dir",
+    "load_dataset", "find_dataset_dir", "check_dataset",
     "Scenario", "class_order", "split_tasks", "incremental_labels",
 ]
 

@@ -12,12 +12,13 @@ import json
 import os
 import re
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from .imageset import ArrayImageSet, DataError, Dataset, candidate_dirs, not_found_error
-from .specs import DatasetSpec
+from .specs import DatasetSpec, dataset_spec
 
 # torchvision class and the folder its download unpacks to.
 TORCHVISION = {"cifar100": ("CIFAR100", "cifar-100-python"), "cifar10": ("CIFAR10", "cifar-10-batches-py")}
@@ -26,16 +27,21 @@ PER_CLASS = {"cifar100": {"train": 500, "test": 100}, "cifar10": {"train": 5000,
 TITLES = {"cifar100": "CIFAR-100", "cifar10": "CIFAR-10"}
 # meta.json key of the class names: our CIFAR-100 layout uses the fine labels; CIFAR-10 has one kind.
 META_KEYS = ("fine_label_names", "label_names")
+# Appended to every problem found in the prepared arrays (they are never written by this code).
+PREPARED_FIX = (
+    "To fix: restore the prepared arrays from their original copy (`sha256sum -c SHA256SUMS` in the folder, "
+    "where there is one, names the damaged files), or pass --data-root DIR with an empty DIR on a machine "
+    "with a network so that torchvision downloads the data set afresh."
+)
 
 
 def cache_name(name: str) -> str:
     return f"{name}-uint8.npz"
 
 
-def _train_shards(folder: Path) -> list[Path]:
-    """train-0.npz, train-1.npz, ... in numeric order (so train-10 follows train-9)."""
-    found = {int(m.group(1)): p for p in folder.glob("train-*.npz") if (m := re.fullmatch(r"train-(\d+)\.npz", p.name))}
-    return [found[i] for i in sorted(found)]
+def _train_shards(folder: Path) -> dict[int, Path]:
+    """train-<n>.npz files by their number n (numeric, so that train-10 follows train-9)."""
+    return {int(m.group(1)): p for p in folder.glob("train-*.npz") if (m := re.fullmatch(r"train-(\d+)\.npz", p.name))}
 
 
 def _meta_class_count(folder: Path) -> int | None:
@@ -48,14 +54,17 @@ def _meta_class_count(folder: Path) -> int | None:
 
 
 def _holds_prepared(folder: Path, spec: DatasetSpec) -> bool:
-    """True when `folder` has the prepared arrays of *this* data set.
+    """True when `folder` has any of the prepared arrays, unless its meta.json names another CIFAR's classes.
 
-    meta.json is consulted so that a root holding CIFAR-100 arrays is not mistaken for CIFAR-10.
+    A partial layout counts, so that a missing test.npz is reported as such instead of the loader going
+    on to download next to it. meta.json is consulted so that a root holding CIFAR-100 arrays is not
+    mistaken for CIFAR-10; a meta.json that fits neither data set is left for the loader to report.
     """
-    if not ((folder / "test.npz").is_file() and _train_shards(folder)):
+    if not ((folder / "test.npz").is_file() or _train_shards(folder)):
         return False
     count = _meta_class_count(folder)
-    return count is None or count == spec.num_classes
+    others = {dataset_spec(name).num_classes for name in TORCHVISION if name != spec.name}
+    return count == spec.num_classes or count not in others
 
 
 def locate(spec: DatasetSpec, root: str | Path) -> tuple[str, Path] | None:
@@ -117,22 +126,51 @@ def check_class_counts(y: np.ndarray, spec: DatasetSpec, split: str, source: str
 # --------------------------------------------------------------------------------------------- layouts
 
 
+def _not_an_npz(path: Path) -> str | None:
+    """What `path` is instead of an .npz archive, judged by its first bytes; None when it looks like one."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head.startswith(b"PK"):  # the zip signature every .npz starts with
+        return None
+    if not head:
+        return "is empty (0 bytes)"
+    if head.startswith(b"\x93NUMPY"):
+        return "is a single .npy array, not an .npz archive"
+    if head.startswith(b"\x80"):  # pickle protocols 2+
+        return "is a Python pickle, not an .npz archive (pickles are never loaded here: they can run code)"
+    return "is not an .npz archive (it lacks the zip signature)"
+
+
 def _read_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The named arrays, read with allow_pickle=False; any damage is one DataError naming the file."""
     try:
+        problem = _not_an_npz(path)
+        if problem:
+            raise DataError(f"{path}: {problem}; expected an .npz archive with arrays {list(keys)}")
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in keys if k not in npz.files]
             if missing:
                 raise DataError(f"{path}: expected arrays {list(keys)}, found {npz.files} (missing {missing})")
             return {k: npz[k] for k in keys}
-    except (OSError, ValueError) as err:  # truncated or not an npz at all
-        raise DataError(f"{path}: cannot read as .npz ({err})") from err
+    except FileNotFoundError as err:
+        raise DataError(f"{path}: missing; expected an .npz archive with arrays {list(keys)}") from err
+    except ValueError as err:  # e.g. numpy refusing an object array without allow_pickle
+        raise DataError(f"{path}: cannot read its arrays with allow_pickle=False ({err})") from err
+    # A cut-off or bit-flipped archive: zip directory missing, CRC mismatch, short read.
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path}: truncated or damaged .npz ({type(err).__name__}: {err})") from err
 
 
 def _read_class_names(path: Path, spec: DatasetSpec) -> list[str]:
+    expected = f"a JSON object with the {spec.num_classes} class names under one of {META_KEYS}"
+    if not path.is_file():
+        raise DataError(f"{path}: missing; expected {expected}")
     try:
         meta = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise DataError(f"{path}: expected a JSON file with the class names ({err})") from err
+        raise DataError(f"{path}: expected {expected}, found no valid JSON ({err})") from err
+    if not isinstance(meta, dict):
+        raise DataError(f"{path}: expected {expected}, found a JSON {type(meta).__name__}")
     names = next((meta[key] for key in META_KEYS if key in meta), None)
     if not isinstance(names, list) or len(names) != spec.num_classes:
         found = f"{len(names)} names" if isinstance(names, list) else f"keys {sorted(meta)}"
@@ -140,10 +178,29 @@ def _read_class_names(path: Path, spec: DatasetSpec) -> list[str]:
     return [str(n) for n in names]
 
 
+def _checked_shards(folder: Path) -> list[Path]:
+    """train-0.npz .. train-K.npz with no number missing (a missing shard would silently drop images)."""
+    shards = _train_shards(folder)
+    if not shards:
+        raise DataError(f"{folder}: found test.npz but no train-0.npz .. train-K.npz")
+    missing = sorted(set(range(max(shards) + 1)) - set(shards))
+    if missing:
+        raise DataError(f"{folder}: expected train shards numbered 0..{max(shards)}, "
+                        f"missing {', '.join(f'train-{n}.npz' for n in missing)}")
+    return [shards[n] for n in sorted(shards)]
+
+
 def load_prepared(folder: Path, spec: DatasetSpec) -> Dataset:
+    try:
+        return _load_prepared(folder, spec)
+    except DataError as err:
+        raise DataError(f"{err}\n{PREPARED_FIX}") from err
+
+
+def _load_prepared(folder: Path, spec: DatasetSpec) -> Dataset:
     """The prepared layout: train shards concatenated in order, then test.npz."""
     xs, ys = [], []
-    for shard in _train_shards(folder):
+    for shard in _checked_shards(folder):
         arrays = _read_npz(shard, ("x", "y"))
         check_arrays(arrays["x"], arrays["y"], spec, str(shard))
         xs.append(arrays["x"])
@@ -172,9 +229,9 @@ def _dataset_from_arrays(spec: DatasetSpec, arrays: dict[str, np.ndarray], names
 
 
 def load_cache(path: Path, spec: DatasetSpec) -> Dataset:
-    arrays = _read_npz(path, ("x_train", "y_train", "x_test", "y_test", "class_names"))
-    names = [str(n) for n in arrays.pop("class_names")]
     try:
+        arrays = _read_npz(path, ("x_train", "y_train", "x_test", "y_test", "class_names"))
+        names = [str(n) for n in arrays.pop("class_names")]
         return _dataset_from_arrays(spec, arrays, names, str(path))
     except DataError as err:
         raise DataError(f"{err}\nThe cache is damaged: delete {path} and load again to rebuild it.") from err
