@@ -91,7 +91,8 @@ class FolderSource(BatchSource):
 
 class CachedSource(BatchSource):
     """Rows of a decoded uint8 [N, H, W, 3] memory map, gathered in file order into (on CUDA) pinned
-    memory and copied to the device without blocking the host."""
+    memory and copied to the device without blocking the host; images come as uint8 [n, C, H, W]
+    in channels_last memory format."""
 
     reads_disk = True
 
@@ -106,8 +107,9 @@ class CachedSource(BatchSource):
         rows = indices.cpu().numpy()
         host = torch.empty((len(rows), *self.cache.shape[1:]), dtype=torch.uint8, pin_memory=pins_memory(self.device))
         gather_rows(self.cache, rows, host.numpy())
-        # NHWC -> NCHW after the copy: on a GPU the layout change is a fast device kernel.
-        return host.to(self.device, non_blocking=True).permute(0, 3, 1, 2).contiguous()
+        # [N, C, H, W] in channels_last memory, a view of the NHWC rows: no layout copy (25 ms per
+        # batch of 128 on the 2-core CPU, 10x the gather), and the augmentation then measured faster.
+        return host.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
 
 
 def pins_memory(device: torch.device) -> bool:

@@ -187,7 +187,8 @@ def test_batches_match_images_in_order(image_paths, tmp_path):
     got = list(source.batches(order, 3))
     assert [rows.tolist() for rows, _ in got] == [[5, 0, 3], [3, 1, 4], [2]]
     for rows, images in got:
-        assert images.dtype == torch.uint8 and images.shape == (len(rows), 3, 224, 224) and images.is_contiguous()
+        assert images.dtype == torch.uint8 and images.shape == (len(rows), 3, 224, 224)
+        assert images.is_contiguous(memory_format=torch.channels_last)  # the NHWC rows, viewed as NCHW
         assert torch.equal(images, source.images(rows))
         assert torch.equal(images, to_chw_tensor(image_set.read(rows.numpy()), torch.device("cpu")))
     assert prefetch_threads() == []
@@ -260,3 +261,15 @@ def test_pinned_memory_only_for_cuda(image_paths, tmp_path, monkeypatch):
     if torch.cuda.is_available():  # the pinned, non-blocking branch, where a GPU exists
         on_gpu = CachedSource(cached, np.zeros(COUNT), torch.device("cuda")).images(torch.tensor([1, 0]))
         assert requested[-1] is True and torch.equal(on_gpu.cpu(), images)
+
+
+def test_io_speed_runs_and_checks_its_arguments(tmp_path, capsys):
+    from benchmark import io_speed
+
+    io_speed.main(["--images", "5", "--batch-size", "2", "--size", "240x230", "--workdir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "5 JPEGs of 240x230" in out and "decode per batch (PIL)" in out and "cache reads" in out
+    assert len(list((tmp_path / "train").rglob("*.JPEG"))) == 5 and len(list((tmp_path / "cache").glob("*.npy"))) == 1
+    with pytest.raises(SystemExit):
+        io_speed.main(["--size", "100x100"])
+    assert "expected WIDTHxHEIGHT with both at least 224" in capsys.readouterr().err
