@@ -1,55 +1,119 @@
-"""Experiment files: YAML (safe-loaded), optionally including a base file, checked key by key.
+"""Experiment files: YAML (safe-loaded), optionally including a base file, validated against one
+schema, ExperimentFile, where each key is declared once with its type, default and help.
 
-Every problem found is collected and reported together in one ConfigError, so a user fixes
-a file in one pass. See README.md ("The experiment file") for every key.
+Every problem found is reported together in one ConfigError, each with its location
+(`training.first_task.milestones: ...`), so a user fixes a file in one pass. The schema is
+exported for editors: `python -m benchmark.config --schema > benchmark/schema.json`.
 """
 from __future__ import annotations
 
+import argparse
+import json
 import re
-from dataclasses import asdict, dataclass, field
+import sys
+import warnings
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from annotated_types import Gt
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, Strict, ValidationError, WrapValidator
 
+from budgets.accounting import POLICIES
 from methods import METHODS
 from methods.backbones import BACKBONES, BENCHMARK_BACKBONE, FAMILIES, input_kind
+from methods.exemplars import SELECTIONS
 
 from .data import DATASETS, Scenario
-from .profiles import PROFILES, Profile, apply_overrides, get_profile
+from .profiles import Profile, TrainingOverride, milestone_notes, profile_names, resolve_profile
+from .validation import (STRICT_MODEL, ConfigError, ConfigWarning, MethodName, MethodOptions, NonNegativeInt,
+                         Seed, choice, finite, problems_of, unique_tuple)
 
-
-class ConfigError(ValueError):
-    """An experiment file with problems; the message lists every one."""
-
+__all__ = ["ConfigError", "ConfigWarning", "Experiment", "ExperimentFile", "load_experiment", "parse_experiment",
+           "experiment_schema", "input_kind_of", "read_yaml"]
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # safe as a folder name under results/
-SELECTIONS = ("herding", "random")
 
-# key -> (required, description shown in errors)
-KEYS: dict[str, tuple[bool, str]] = {
-    "name": (True, "experiment name, letters/digits/_.- (its results go to results/<name>/)"),
-    "include": (False, "a base experiment file, relative to this one; its keys are defaults"),
-    "dataset": (True, f"one of {', '.join(DATASETS)}"),
-    "scenario": (True, "B{base}Inc{increment}, e.g. B0Inc10 or B50Inc5, or a list of them"),
-    "methods": (True, f"a list of {', '.join(METHODS.names())}"),
-    "budgets": (True, "paper, fair, or a list of budgets in MB"),
-    "seeds": (True, "a list of class-order seeds, e.g. [1993]"),
-    "profile": (True, f"training preset: {', '.join(PROFILES)}"),
-    "policy": (False, "memory counting policy: paper (default) or strict"),
-    "network_seed": (False, "torch seed of network initialization and batches (default 1)"),
-    "family": (False, "curve backbones, smallest first (default by data set)"),
-    "benchmark_backbone": (False, "backbone of single-network methods (default by data set)"),
-    "anchor_exemplars": (False, "exemplars at each curve point's definition (default 2000)"),
-    "min_exemplars": (False, "fewest exemplars a method may keep (default: one per class)"),
-    "exemplar_selection": (False, "herding (default) or random"),
-    "method_options": (False, "per-method options, e.g. {memo: {train_base: false}}"),
-    "training": (False, "overrides of the profile's fields"),
-}
+
+def _safe_name(value: str) -> str:
+    if not NAME_PATTERN.match(value):
+        raise ValueError(f"{value!r} is not a safe folder name: use letters, digits and _ . - "
+                         "(no slashes, not starting with a dot)")
+    return value
+
+
+def _scenario_name(value: str) -> str:
+    return Scenario.parse(value).name
+
+
+def _listed(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value  # one scenario may be written without a list
+
+
+def _one_or_list(schema: dict[str, Any]) -> None:
+    items = schema.pop("items")
+    one = {key: schema.pop(key) for key in ("type", "minItems") if key in schema}
+    schema["anyOf"] = [items, {**one, "items": items}]
+
+
+def _explain_budgets(value: Any, handler: Any) -> Any:
+    try:
+        return handler(value)
+    except ValidationError:
+        raise ValueError(f"{value!r}: use paper, fair, or a non-empty list of positive, finite budgets "
+                         "in MB, e.g. [8, 12, 16]") from None
+
+
+def _distinct_budgets(value: Any) -> Any:
+    if isinstance(value, tuple) and len(set(value)) != len(value):
+        raise ValueError(f"lists a budget twice: {list(value)}")
+    return value
+
+
+Scenarios = Annotated[unique_tuple(Annotated[str, Strict(), AfterValidator(_scenario_name)]),
+                      BeforeValidator(_listed), Field(json_schema_extra=_one_or_list)]
+Budgets = Annotated[Literal["paper", "fair"] | Annotated[tuple[finite(Gt(0)), ...], Field(min_length=1)],
+                    WrapValidator(_explain_budgets), AfterValidator(_distinct_budgets)]
+BackboneName = choice(BACKBONES.names, BACKBONES.unknown_message)
+
+
+class ExperimentFile(BaseModel):
+    """An experiment file: what to train (data set, scenarios, methods, budgets, seeds) and how (profile)."""
+
+    model_config = STRICT_MODEL
+
+    name: Annotated[str, Strict(), AfterValidator(_safe_name)] = Field(
+        description="experiment name, letters/digits/_.- (its results go to results/<name>/)")
+    include: Annotated[str, Strict()] | None = Field(
+        None, description="a base experiment file, relative to this one; its keys are defaults")
+    dataset: choice(lambda: list(DATASETS)) = Field(description="the data set")
+    scenario: Scenarios = Field(description="B{base}Inc{increment}, e.g. B0Inc10 or B50Inc5, or a list of them")
+    methods: unique_tuple(MethodName) = Field(description="the methods to compare (registered names)")
+    budgets: Budgets = Field(description="paper (the performance-memory curve), fair (one aligned budget), "
+                                         "or a list of budgets in MB (2^20 bytes)")
+    seeds: unique_tuple(Seed) = Field(description="class-order seeds in [0, 2^32), e.g. [1993]")
+    profile: choice(profile_names) = Field(description="training preset (benchmark/configs/profiles/<name>.yaml)")
+    policy: choice(lambda: POLICIES) = Field("paper", description="memory counting policy")
+    network_seed: Seed = Field(1, description="torch seed of network initialization and batches, in [0, 2^32)")
+    family: unique_tuple(BackboneName) | None = Field(
+        None, description="curve backbones, smallest first; null: the data set's default family")
+    benchmark_backbone: BackboneName | None = Field(
+        None, description="backbone of single-network methods; null: the data set's default")
+    anchor_exemplars: NonNegativeInt = Field(2000, description="exemplars at each curve point's definition")
+    min_exemplars: NonNegativeInt | None = Field(
+        None, description="fewest exemplars a method may keep; null: one per class")
+    exemplar_selection: choice(lambda: SELECTIONS) = Field("herding", description="how exemplars are chosen")
+    method_options: MethodOptions = Field(
+        default_factory=dict, description="per-method options over the profile's, e.g. {memo: {train_base: false}}")
+    training: TrainingOverride = Field(
+        default_factory=TrainingOverride, description="changes to the profile's fields")
 
 
 @dataclass(frozen=True)
 class Experiment:
+    """A resolved experiment file (what the grid expands); the keys are documented in ExperimentFile."""
+
     name: str
     dataset: str
     scenarios: tuple[str, ...]
@@ -64,7 +128,7 @@ class Experiment:
     anchor_exemplars: int = 2000
     min_exemplars: int | None = None
     exemplar_selection: str = "herding"
-    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # profile's, then the file's
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,8 +148,10 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
     if "include" in raw:
-        base = read_yaml(path.parent / str(raw.pop("include")), seen + (path,))
-        raw = {**base, **raw}
+        include = raw.pop("include")
+        if not isinstance(include, str):
+            raise ConfigError(f"{path}: include: {include!r} is not a file name; use a path relative to this file")
+        raw = {**read_yaml(path.parent / include, seen + (path,)), **raw}
     return raw
 
 
@@ -94,141 +160,25 @@ def load_experiment(path: str | Path) -> Experiment:
 
 
 def parse_experiment(raw: dict[str, Any], source: str = "<experiment>") -> Experiment:
-    problems: list[str] = []
-    for key in raw:
-        if key not in KEYS:
-            problems.append(f"unknown key {key!r}; allowed keys: {', '.join(KEYS)}")
-    for key, (required, description) in KEYS.items():
-        if required and key not in raw:
-            problems.append(f"missing key {key!r}: {description}")
-    values = {k: v for k, v in raw.items() if k in KEYS}
-    checked: dict[str, Any] = {}
-    for key, check in CHECKS.items():
-        if key in values:
-            try:
-                checked[key] = check(values[key])
-            except (ValueError, KeyError, TypeError) as error:
-                problems.append(f"{key}: {_text(error)}")
-    if not problems:
-        problems += _check_together(checked)
+    """Validate `raw` (an experiment file's keys, includes merged); ConfigError lists every problem.
+    Settings that are valid but likely mistaken (a milestone past the epochs) give a ConfigWarning."""
+    if "include" in raw:
+        raise ConfigError.listing(source, ["include: only a file can include another; use load_experiment"])
+    try:
+        spec = ExperimentFile.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError.listing(source, problems_of(error, ExperimentFile)) from None
+    problems = _check_together(spec)
+    try:
+        profile = resolve_profile(spec.profile, spec.training)
+    except ConfigError as error:  # a broken profile file: its own located problems
+        problems.append(str(error))
     if problems:
-        raise ConfigError(f"{source} has {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
-    return _build(checked)
-
-
-def _text(error: Exception) -> str:
-    return error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-
-
-# -- one check per key ------------------------------------------------------------------------
-def _name(value: Any) -> str:
-    if not isinstance(value, str) or not NAME_PATTERN.match(value):
-        raise ValueError(f"{value!r} is not a safe folder name: use letters, digits and _ . - "
-                         "(no slashes, not starting with a dot)")
-    return value
-
-
-def _choice(allowed: tuple[str, ...] | list[str]):
-    def check(value: Any) -> str:
-        if value not in allowed:
-            raise ValueError(f"{value!r} is not allowed; use one of {', '.join(allowed)}")
-        return value
-    return check
-
-
-def _scenarios(value: Any) -> tuple[str, ...]:
-    items = value if isinstance(value, list) else [value]
-    return tuple(Scenario.parse(str(item)).name for item in items)
-
-
-def _methods(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not value:
-        raise ValueError(f"must be a non-empty list of {', '.join(METHODS.names())}")
-    bad = [m for m in value if m not in METHODS]
-    if bad:
-        raise ValueError("; ".join(METHODS.unknown_message(m) for m in bad))
-    if len(set(value)) != len(value):
-        raise ValueError(f"lists a method twice: {value}")
-    return tuple(value)
-
-
-def _budgets(value: Any) -> str | tuple[float, ...]:
-    if value in ("paper", "fair"):
-        return value
-    if isinstance(value, list) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                 and v > 0 for v in value):
-        if len(set(value)) != len(value):
-            raise ValueError(f"lists a budget twice: {value}")
-        return tuple(float(v) for v in value)
-    raise ValueError(f"{value!r}: use paper, fair, or a non-empty list of positive budgets in MB, e.g. [8, 12, 16]")
-
-
-def _int_list(value: Any) -> tuple[int, ...]:
-    if not isinstance(value, list) or not value or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        raise ValueError(f"{value!r}: use a non-empty list of integers, e.g. [1993]")
-    if len(set(value)) != len(value):
-        raise ValueError(f"lists a seed twice: {value}")
-    return tuple(value)
-
-
-def _non_negative_int(value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{value!r}: use a whole number >= 0")
-    return value
-
-
-def _optional_int(value: Any) -> int | None:
-    return None if value is None else _non_negative_int(value)
-
-
-def _backbones(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or len(value) < 1:
-        raise ValueError("use a list of backbone names, smallest first")
-    for name in value:
-        BACKBONES.get(name)
-    return tuple(value)
-
-
-def _backbone(value: Any) -> str:
-    BACKBONES.get(value)
-    return value
-
-
-def _method_options(value: Any) -> dict[str, dict[str, Any]]:
-    if not isinstance(value, dict):
-        raise ValueError("use a mapping of method name to its options")
-    for method, options in value.items():
-        cls = METHODS.get(method)
-        unknown = set(options or {}) - set(cls.default_options)
-        if unknown:
-            raise ValueError(f"{method}: unknown option(s) {sorted(unknown)}; known: {sorted(cls.default_options) or 'none'}")
-    return {m: dict(o or {}) for m, o in value.items()}
-
-
-def _training(value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ValueError("use a mapping of profile fields to override")
-    return value
-
-
-CHECKS = {
-    "name": _name,
-    "dataset": _choice(list(DATASETS)),
-    "scenario": _scenarios,
-    "methods": _methods,
-    "budgets": _budgets,
-    "seeds": _int_list,
-    "profile": _choice(list(PROFILES)),
-    "policy": _choice(["paper", "strict"]),
-    "network_seed": _non_negative_int,
-    "family": _backbones,
-    "benchmark_backbone": _backbone,
-    "anchor_exemplars": _non_negative_int,
-    "min_exemplars": _optional_int,
-    "exemplar_selection": _choice(list(SELECTIONS)),
-    "method_options": _method_options,
-    "training": _training,
-}
+        raise ConfigError.listing(source, problems)
+    experiment = _build(spec, profile)
+    for note in milestone_notes(experiment.profile, experiment.methods):
+        warnings.warn(f"{source}: {note}", ConfigWarning, stacklevel=2)
+    return experiment
 
 
 def input_kind_of(dataset: str) -> str:
@@ -236,39 +186,67 @@ def input_kind_of(dataset: str) -> str:
     return "imagenet" if DATASETS[dataset].image_shape[0] >= 224 else "cifar"
 
 
-def _check_together(checked: dict[str, Any]) -> list[str]:
+def _check_together(spec: ExperimentFile) -> list[str]:
     """Checks that need several keys: scenarios against the data set, backbones against its images."""
     problems = []
-    spec = DATASETS[checked["dataset"]]
-    for name in checked["scenario"]:
+    classes = DATASETS[spec.dataset].num_classes
+    for name in spec.scenario:
         try:
-            Scenario.parse(name).task_sizes(spec.num_classes)
+            Scenario.parse(name).task_sizes(classes)
         except ValueError as error:
             problems.append(f"scenario: {error}")
-    kind = input_kind_of(checked["dataset"])
-    family = checked.get("family", FAMILIES[kind])
-    bench = checked.get("benchmark_backbone", BENCHMARK_BACKBONE[kind])
-    for name in {*family, bench}:
+    kind = input_kind_of(spec.dataset)
+    for name in sorted({*(spec.family or FAMILIES[kind]), spec.benchmark_backbone or BENCHMARK_BACKBONE[kind]}):
         if input_kind(name) != kind:
             problems.append(f"backbone {name!r} is built for {input_kind(name)} images, "
-                            f"but {checked['dataset']} has {kind} images")
-    try:
-        apply_overrides(get_profile(checked["profile"]), checked.get("training", {}))
-    except ValueError as error:
-        problems.append(str(error))
+                            f"but {spec.dataset} has {kind} images")
     return problems
 
 
-def _build(checked: dict[str, Any]) -> Experiment:
-    kind = input_kind_of(checked["dataset"])
-    return Experiment(
-        name=checked["name"], dataset=checked["dataset"], scenarios=checked["scenario"],
-        methods=checked["methods"], budgets=checked["budgets"], seeds=checked["seeds"],
-        profile=apply_overrides(get_profile(checked["profile"]), checked.get("training", {})),
-        policy=checked.get("policy", "paper"), network_seed=checked.get("network_seed", 1),
-        family=checked.get("family", tuple(FAMILIES[kind])),
-        benchmark_backbone=checked.get("benchmark_backbone", BENCHMARK_BACKBONE[kind]),
-        anchor_exemplars=checked.get("anchor_exemplars", 2000), min_exemplars=checked.get("min_exemplars"),
-        exemplar_selection=checked.get("exemplar_selection", "herding"),
-        method_options=checked.get("method_options", {}),
-    )
+def _build(spec: ExperimentFile, profile: Profile) -> Experiment:
+    kind = input_kind_of(spec.dataset)
+    shared = {f.name for f in fields(Experiment)} & set(ExperimentFile.model_fields)
+    values = {name: getattr(spec, name) for name in shared}
+    values.update(scenarios=spec.scenario, profile=profile, family=spec.family or tuple(FAMILIES[kind]),
+                  benchmark_backbone=spec.benchmark_backbone or BENCHMARK_BACKBONE[kind],
+                  method_options=_method_options(spec, profile))
+    return Experiment(**values)
+
+
+def _method_options(spec: ExperimentFile, profile: Profile) -> dict[str, dict[str, Any]]:
+    """The profile's options for each method, overridden by the experiment's (its own win)."""
+    merged = {}
+    for method in dict.fromkeys((*spec.methods, *spec.method_options)):
+        options = {**profile.method_options.get(method, {}), **spec.method_options.get(method, {})}
+        if options:
+            merged[method] = options
+    return merged
+
+
+def experiment_schema() -> dict[str, Any]:
+    """The JSON schema of an experiment file, for editors (names of methods, backbones, profiles
+    and data sets as registered now)."""
+    schema = ExperimentFile.model_json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "CIL benchmark experiment",
+            **{k: v for k, v in schema.items() if k != "title"}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmark.config", description=__doc__.splitlines()[0])
+    parser.add_argument("--schema", action="store_true", help="print the experiment file's JSON schema")
+    parser.add_argument("files", nargs="*", help="experiment files to check")
+    args = parser.parse_args(argv)
+    if args.schema:
+        print(json.dumps(experiment_schema(), indent=2))
+    for path in args.files:
+        try:
+            load_experiment(path)
+            print(f"{path}: ok")
+        except ConfigError as error:
+            print(error, file=sys.stderr)
+            return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,112 +1,156 @@
-"""Training presets ("profiles"): the schedules of every task, resolved into typed dataclasses.
+"""Training presets ("profiles"): YAML files under benchmark/configs/profiles/, one per profile,
+resolved into the typed Schedule and Profile dataclasses that the grid and the engine read.
 
-`paper` holds the reference defaults of PROTOCOL.md section 5. `cpu` is the reduced protocol
-that `make bench` runs on a 2-core machine (README.md says how it differs). An experiment file
-may override any field under `training:`; unknown keys are errors.
+A profile gives the first task's schedule, a default later-task schedule, per-method changes of
+it, and per-method default options. A method the profile does not list trains with the default,
+so registering a new method needs no edit here. An experiment's `training:` section overrides
+any field: `later_tasks.all` every method's later-task schedule, `later_tasks.<method>` one.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from annotated_types import Ge, Lt
+from pydantic import AfterValidator, Field, ValidationError
+from pydantic.dataclasses import dataclass
+
+from methods import METHODS
+
+from .precision import PRECISIONS
+from .validation import (ConfigError, Fraction, MethodName, MethodOptions, NonNegativeFloat, PositiveFloat,
+                         PositiveInt, StrictBool, choice, derived_model, drop_default, finite, problems_of)
+
+PROFILE_DIR = Path(__file__).resolve().parent / "configs" / "profiles"
+SCHEDULE_CONFIG = {"extra": "forbid"}
 
 
-@dataclass(frozen=True)
+def _increasing(milestones: tuple[int, ...]) -> tuple[int, ...]:
+    if any(later <= earlier for earlier, later in zip(milestones, milestones[1:])):
+        raise ValueError(f"{list(milestones)} must be strictly increasing, e.g. [60, 120, 170]")
+    return milestones
+
+
+@dataclass(frozen=True, config=SCHEDULE_CONFIG)
 class Schedule:
     """SGD with step decay, as every reference run uses."""
 
-    epochs: int
-    milestones: tuple[int, ...]
-    weight_decay: float
-    lr: float = 0.1
-    lr_decay: float = 0.1
-    momentum: float = 0.9
-    batch_size: int = 128
+    epochs: PositiveInt = Field(description="training epochs of the task (at least 1)")
+    milestones: Annotated[tuple[PositiveInt, ...], AfterValidator(_increasing)] = Field(
+        description="epochs after which lr is multiplied by lr_decay, strictly increasing; "
+                    "[] keeps lr constant. A milestone >= epochs never takes effect (a warning)")
+    weight_decay: NonNegativeFloat = Field(description="SGD weight decay (L2), >= 0")
+    lr: PositiveFloat = Field(0.1, description="initial learning rate, > 0")
+    lr_decay: Fraction = Field(0.1, description="factor applied at each milestone, in (0, 1]")
+    momentum: finite(Ge(0), Lt(1)) = Field(0.9, description="SGD momentum, in [0, 1)")
+    batch_size: PositiveInt = Field(128, description="training images per SGD step")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SCHEDULE_CONFIG)
 class Profile:
-    name: str
-    first_task: Schedule
-    later_tasks: dict[str, Schedule]          # per method
-    images_per_class: int | None = None       # train subset: the first N images of every class
-    test_images_per_class: int | None = None  # test subset, likewise
-    augment: bool = True                      # pad-4 crop, flip, brightness jitter
-    eval_batch_size: int = 1000
-    herding_batch_size: int = 1000
-    precision: str = "fp32"                   # fp32, or bf16 autocast (CUDA only)
+    name: str = Field(description="the profile's file name without .yaml")
+    first_task: Schedule = Field(description="schedule of the first task, shared by every method")
+    later_tasks: dict[str, Schedule] = Field(
+        description="later-task schedule per method: every method registered when the profile was resolved")
+    later_default: Schedule = Field(description="later-task schedule of a method the profile does not list")
+    images_per_class: PositiveInt | None = Field(
+        None, description="train on the first N images of every class; null: all of them")
+    test_images_per_class: PositiveInt | None = Field(
+        None, description="test on the first N images of every class; null: all of them")
+    augment: StrictBool = Field(True, description="pad-4 random crop, horizontal flip, brightness jitter")
+    eval_batch_size: PositiveInt = Field(1000, description="images per no-grad batch when evaluating")
+    herding_batch_size: PositiveInt = Field(
+        1000, description="images per no-grad batch when extracting features for exemplar selection")
+    precision: choice(lambda: PRECISIONS) = Field(
+        "fp32", description="fp32, or bf16 autocast of the backbones (CUDA only)")
+    method_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="the profile's default options per method")
 
     def schedule(self, method: str, task: int) -> Schedule:
-        return self.first_task if task == 0 else self.later_tasks[method]
+        if task == 0:
+            return self.first_task
+        return self.later_tasks.get(method, self.later_default)
 
 
-def _paper() -> Profile:
-    later = Schedule(170, (80, 120, 150), 2e-4)
-    return Profile(
-        name="paper",
-        first_task=Schedule(200, (60, 120, 170), 5e-4),
-        later_tasks={
-            "finetune": Schedule(80, (40, 70), 2e-4),
-            "replay": Schedule(70, (30, 50), 2e-4),
-            "icarl": Schedule(170, (80, 120), 2e-4),
-            "wa": Schedule(170, (60, 100, 140), 2e-4),
-            "der": later,
-            "memo": later,
-            # Joint: the reference gives no schedule; it takes the first task's, applied to all seen data.
-            "joint": Schedule(200, (60, 120, 170), 5e-4),
-        },
-    )
+# Fields of Profile that a profile file and the `training:` section give as plain values.
+SCHEDULES = ("first_task", "later_tasks", "later_default")
+ScheduleOverride = derived_model(Schedule, "ScheduleOverride", "Changes to some fields of a schedule.")
+LaterKey = choice(lambda: ["all", *METHODS.names()], lambda name: f"{METHODS.unknown_message(name)} or 'all'")
+
+ProfileFile = derived_model(
+    Profile, "ProfileFile", "A profile as written in benchmark/configs/profiles/<name>.yaml.",
+    skip=("name", *SCHEDULES, "method_options"), optional=False,
+    description=(str, Field("", description="what the profile is for")),
+    first_task=(Schedule, Field(description="schedule of the first task, shared by every method")),
+    later_default=(Schedule, Field(description="later-task schedule of every method not in later_tasks")),
+    later_tasks=(dict[MethodName, ScheduleOverride], Field(
+        default_factory=dict, description="per method: changes to later_default")),
+    method_options=(MethodOptions, Field(default_factory=dict, description="default options per method")))
+
+TrainingOverride = derived_model(
+    Profile, "Training", "The experiment's changes to its profile.", skip=("name", *SCHEDULES, "method_options"),
+    first_task=(ScheduleOverride, Field(None, description="changes to the first task's schedule",
+                                        json_schema_extra=drop_default)),
+    later_tasks=(dict[LaterKey, ScheduleOverride], Field(
+        None, description="changes to later-task schedules: 'all' (every method), then <method>",
+        json_schema_extra=drop_default)))
 
 
-def _cpu() -> Profile:
-    """The paper's schedule shape scaled to minutes on 2 cores. Later tasks use small batches:
-    what makes old classes fade (and weight aligning matter) is the number of SGD steps on the new
-    data, and batches of 32 give a few hundred steps per task in a few epochs."""
-    later = Schedule(6, (5,), 2e-4, batch_size=32)
-    return Profile(
-        name="cpu",
-        first_task=Schedule(20, (14, 18), 5e-4, batch_size=64),  # shared by every method: worth the epochs
-        later_tasks={m: later for m in ("finetune", "replay", "icarl", "wa", "der", "memo", "joint")},
-        images_per_class=50,
-        test_images_per_class=40,
-    )
+def profile_names() -> list[str]:
+    return sorted(path.stem for path in PROFILE_DIR.glob("*.yaml"))
 
 
-PROFILES = {"paper": _paper, "cpu": _cpu}
+def load_profile_file(name: str) -> Any:
+    """The validated ProfileFile of `name`; ConfigError (every problem, located) when it is not valid."""
+    path = PROFILE_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown profile {name!r}; known: {', '.join(profile_names())}")
+    try:
+        return ProfileFile.model_validate(yaml.safe_load(path.read_text()) or {})
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    except ValidationError as error:
+        raise ConfigError.listing(str(path), problems_of(error, ProfileFile)) from None
 
 
 def get_profile(name: str) -> Profile:
-    if name not in PROFILES:
-        raise KeyError(f"unknown profile {name!r}; known: {', '.join(PROFILES)}")
-    return PROFILES[name]()
+    return resolve_profile(name)
 
 
-def _schedule_with(base: Schedule, overrides: dict[str, Any], where: str) -> Schedule:
-    known = {f.name for f in fields(Schedule)}
-    unknown = set(overrides) - known
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(known)}")
-    if "milestones" in overrides:
-        overrides = {**overrides, "milestones": tuple(overrides["milestones"])}
-    return replace(base, **overrides)
+def resolve_profile(name: str, training: Any = None) -> Profile:
+    """Profile `name` with the experiment's `training:` section (a TrainingOverride) applied.
+    Later-task schedules: default, then the profile's change for the method, then the
+    experiment's `all`, then the experiment's change for the method."""
+    spec = load_profile_file(name)
+    changes = training.model_dump(exclude_unset=True) if training is not None else {}
+    later_changes = changes.pop("later_tasks", {})
+    profile_later = {method: change.model_dump(exclude_unset=True) for method, change in spec.later_tasks.items()}
+
+    def later(method: str | None) -> Schedule:
+        schedule = replace(spec.later_default, **profile_later.get(method, {}))
+        schedule = replace(schedule, **later_changes.get("all", {}))
+        return replace(schedule, **later_changes.get(method, {}))
+
+    values = {field: getattr(spec, field) for field in ProfileFile.model_fields if field not in (*SCHEDULES, "description")}
+    values.update({k: v for k, v in changes.items() if k != "first_task"})
+    return Profile(name=name, first_task=replace(spec.first_task, **changes.get("first_task", {})),
+                   later_tasks={method: later(method) for method in METHODS.names()},
+                   later_default=later(None), **values)
 
 
-def apply_overrides(profile: Profile, overrides: dict[str, Any]) -> Profile:
-    """The profile with the experiment's `training:` section applied (every key checked)."""
-    known = {f.name for f in fields(Profile)} - {"name"}
-    unknown = set(overrides) - known
-    if unknown:
-        raise ValueError(f"training: unknown key(s) {sorted(unknown)}; allowed: {sorted(known)}")
-    changes: dict[str, Any] = {k: v for k, v in overrides.items() if k not in ("first_task", "later_tasks")}
-    if "first_task" in overrides:
-        changes["first_task"] = _schedule_with(profile.first_task, overrides["first_task"], "training.first_task")
-    if "later_tasks" in overrides:
-        later = dict(profile.later_tasks)
-        for method, values in overrides["later_tasks"].items():
-            if method == "all":
-                later = {m: _schedule_with(s, values, "training.later_tasks.all") for m, s in later.items()}
-            elif method not in later:
-                raise ValueError(f"training.later_tasks: unknown method {method!r}; known: {sorted(later)} or 'all'")
-            else:
-                later[method] = _schedule_with(later[method], values, f"training.later_tasks.{method}")
-        changes["later_tasks"] = later
-    return replace(profile, **changes)
+def milestone_notes(profile: Profile, methods: tuple[str, ...]) -> list[str]:
+    """Warnings for milestones that never take effect (>= the schedule's epochs), one per schedule."""
+    users: dict[Schedule, list[str]] = {}
+    for method in methods:
+        users.setdefault(profile.schedule(method, 1), []).append(method)
+    named = [("training.first_task", profile.first_task)]
+    named += [(f"training.later_tasks ({', '.join(names)})", schedule) for schedule, names in users.items()]
+    notes = []
+    for where, schedule in named:
+        late = [m for m in schedule.milestones if m >= schedule.epochs]
+        if late:
+            notes.append(f"{where}: milestone(s) {late} are not below epochs={schedule.epochs} and never take "
+                         "effect; lower them, or set milestones: [] for a constant lr")
+    return notes
