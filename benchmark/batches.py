@@ -99,9 +99,11 @@ class CachedSource(BatchSource):
     def __init__(self, images: np.ndarray, labels: np.ndarray, device: torch.device) -> None:
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} cached images but {len(labels)} labels")
-        # A plain ndarray view of the map: indexing a np.memmap builds a memmap object per row.
-        self.cache, self.device = np.asarray(images), device
         self.labels = torch.as_tensor(labels, dtype=torch.long, device=device)
+        # The labels' device is resolved here ("cuda" -> "cuda:k"); the reader thread must not resolve
+        # a bare "cuda" itself, its current device is always 0. A plain ndarray view of the map:
+        # indexing a np.memmap builds a memmap object per row.
+        self.cache, self.device = np.asarray(images), self.labels.device
 
     def images(self, indices: torch.Tensor) -> torch.Tensor:
         rows = indices.cpu().numpy()
