@@ -1,0 +1,71 @@
+"""The experiment file's JSON schema (for editors): committed, current, and true to the validator."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from benchmark.config import ExperimentFile, experiment_schema, read_yaml
+from benchmark.profiles import Profile, ProfileFile, Schedule, ScheduleOverride, TrainingOverride
+
+REPO = Path(__file__).resolve().parents[1]
+COMMITTED = REPO / "benchmark" / "schema.json"
+REGENERATE = "python -m benchmark.config --schema > benchmark/schema.json"
+
+
+def test_committed_schema_is_current():
+    committed = json.loads(COMMITTED.read_text())
+    assert committed == experiment_schema(), f"benchmark/schema.json is out of date: run `{REGENERATE}`"
+
+
+def test_schema_command_prints_it():
+    out = subprocess.run([sys.executable, "-m", "benchmark.config", "--schema"], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
+    assert out == COMMITTED.read_text()
+
+
+@pytest.mark.parametrize("model", [ExperimentFile, TrainingOverride, ScheduleOverride, ProfileFile],
+                         ids=lambda m: m.__name__)
+def test_every_key_has_help(model):
+    missing = [name for name, info in model.model_fields.items() if not info.description]
+    assert missing == []
+
+
+@pytest.mark.parametrize("cls", [Schedule, Profile], ids=lambda c: c.__name__)
+def test_every_resolved_field_has_help(cls):
+    assert [name for name, info in cls.__pydantic_fields__.items() if not info.description] == []
+
+
+def test_training_section_mirrors_the_profile():
+    """One declaration: the `training:` keys are Profile's fields, with the same help."""
+    shared = set(TrainingOverride.model_fields) - {"first_task", "later_tasks"}
+    assert shared == set(Profile.__pydantic_fields__) - {"name", "first_task", "later_tasks", "later_default",
+                                                           "method_options"}
+    for name in shared:
+        assert TrainingOverride.model_fields[name].description == Profile.__pydantic_fields__[name].description
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "benchmark" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_experiments_satisfy_the_schema(path):
+    jsonschema.Draft202012Validator(experiment_schema()).validate(read_yaml(path))
+
+
+@pytest.mark.parametrize("bad", [
+    {"seeds": [-1]}, {"seeds": [True]}, {"budgets": []}, {"methods": ["derr"]}, {"colour": 1},
+    {"training": {"first_task": {"epochs": 0}}}, {"training": {"later_tasks": {"derr": {}}}},
+    {"method_options": {"memo": {"train_bsae": True}}}, {"scenario": []},
+])
+def test_schema_rejects_what_the_validator_rejects(bad):
+    good = {"name": "t", "dataset": "cifar100", "scenario": "B0Inc10", "methods": ["replay"],
+            "budgets": "paper", "seeds": [1993], "profile": "paper"}
+    validator = jsonschema.Draft202012Validator(experiment_schema())
+    assert validator.is_valid(good)
+    assert not validator.is_valid({**good, **bad})
+
+
+def test_profile_files_load():
+    for path in sorted((REPO / "benchmark" / "configs" / "profiles").glob("*.yaml")):
+        ProfileFile.model_validate(yaml.safe_load(path.read_text()))
