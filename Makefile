@@ -1,4 +1,4 @@
-# The two commands of README.md. Each builds .venv from requirements.txt when it is missing.
+# The commands of README.md. Each builds .venv (the pinned requirements, then the suite editable) when it is missing.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,11 +9,14 @@ WORKERS ?=
 DATA_ARG := $(if $(DATA),--data-root $(DATA),)
 DEVICE_ARG := $(if $(GPUS),--gpus $(GPUS),)$(if $(WORKERS), --workers $(WORKERS),)
 
-.PHONY: bench test plan venv clean-venv
+.PHONY: bench test plan schema venv clean-venv
 
-$(VENV)/.installed: requirements.txt
+# The pinned requirements first, then the suite itself, editable and without dependencies, so
+# the pins stay the only source of versions (and `cil-bench` is on the venv's PATH).
+$(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet -r requirements.txt
+	$(VENV)/bin/pip install --quiet --no-deps -e .
 	touch $@
 
 venv: $(VENV)/.installed
@@ -26,6 +29,10 @@ plan: venv
 
 test: venv
 	$(if $(DATA),CIL_DATA_ROOT=$(DATA) ,)$(PY) -m pytest -q
+
+# The experiment file's JSON schema for editors; tests/test_schema.py fails when it is stale.
+schema: venv
+	$(PY) -m benchmark.config --schema > benchmark/schema.json
 
 clean-venv:
 	rm -rf $(VENV)

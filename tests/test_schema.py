@@ -69,3 +69,21 @@ def test_schema_rejects_what_the_validator_rejects(bad):
 def test_profile_files_load():
     for path in sorted((REPO / "benchmark" / "configs" / "profiles").glob("*.yaml")):
         ProfileFile.model_validate(yaml.safe_load(path.read_text()))
+
+
+# -- the package's metadata ---------------------------------------------------------------------
+def _pins(lines):
+    return {line.split("==")[0].split("[")[0].lower(): line.strip() for line in lines
+            if line.strip() and not line.lstrip().startswith("#")}
+
+
+def test_package_pins_are_requirements_pins():
+    """pyproject.toml and requirements.txt name the same packages at the same versions."""
+    import tomllib
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    declared = _pins(project["dependencies"] + [pin for pins in extras.values() for pin in pins])
+    assert declared == _pins((REPO / "requirements.txt").read_text().splitlines())
+    assert all("==" in pin for pin in declared.values())
+    assert extras["slurm"] == ["submitit==1.5.4"] and "pytest" in _pins(extras["dev"])
+    assert project["scripts"]["cil-bench"] == "run_all:main" and project["requires-python"] == ">=3.11"
