@@ -1,16 +1,15 @@
 """Class-incremental metrics (PROTOCOL section 4); pure numpy so the training engine can use them.
 
 Units: accuracies are in percent (0-100) everywhere, except the area under the accuracy-memory
-curve, which uses accuracy as a fraction (0-1) against memory in MB (2^20 bytes), as the MEMO paper
-does. `HIGHER_IS_BETTER` says, for every summary metric, which direction is an improvement.
+curve, which uses accuracy as a fraction (0-1) against memory in MB (2^20 bytes, the one
+definition is budgets.accounting.MB), as the MEMO paper does. `HIGHER_IS_BETTER` says, for every
+summary metric, which direction is an improvement.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
-
-MB = 2**20  # the paper's "MB" is a MiB (PROTOCOL 1)
 
 # Keyed by the metric names used in the report's column names (after the cnn_/nme_ prefix).
 HIGHER_IS_BETTER: dict[str, bool] = {

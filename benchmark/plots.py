@@ -7,7 +7,6 @@ the Agg renderer whatever backend the caller has). A method keeps one colour in 
 from __future__ import annotations
 
 import math
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -17,23 +16,13 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from benchmark.report import KINDS, method_rank, method_sort_key, summary_table
+# The schema only: figures take finished tables and never import the code that builds them.
+from benchmark.columns import (EXPERIMENT_KEYS, KIND_NAMES, KINDS, method_color, method_rank,
+                               method_sort_key)
 
-METHOD_COLORS = {
-    "finetune": "tab:brown", "replay": "tab:blue", "icarl": "tab:orange", "wa": "tab:green",
-    "der": "tab:red", "memo": "tab:purple", "joint": "black",
-}
-# Unknown methods get a colour from their name, so it does not depend on which figure lists them.
-_FALLBACK_COLORS = ["tab:pink", "tab:olive", "tab:cyan", "tab:gray", "gold", "navy", "teal"]
-KIND_LABELS = {"cnn": "CNN (classifier) accuracy", "nme": "NME (nearest-mean) accuracy"}
+KIND_LABELS = {"cnn": f"{KIND_NAMES['cnn']} (classifier) accuracy",
+               "nme": f"{KIND_NAMES['nme']} (nearest-mean) accuracy"}
 BAND_ALPHA = 0.2
-
-
-def method_color(method: str) -> str:
-    """The colour of `method` in every figure."""
-    if method in METHOD_COLORS:
-        return METHOD_COLORS[method]
-    return _FALLBACK_COLORS[zlib.crc32(str(method).encode()) % len(_FALLBACK_COLORS)]
 
 
 def _unbudgeted_label(method: str) -> str:
@@ -72,7 +61,7 @@ def _legend_outside(figure: Figure, axes: list[Axes]) -> None:
 # ------------------------------------------------------------------------ accuracy vs memory
 
 def _check_one_experiment(table: pd.DataFrame) -> None:
-    groups = table[["dataset", "scenario", "policy"]].drop_duplicates()
+    groups = table[EXPERIMENT_KEYS].drop_duplicates()
     if len(groups) > 1:
         raise ValueError("plot one dataset/scenario/policy at a time, got "
                          f"{groups.to_dict('records')}")
@@ -121,16 +110,16 @@ def _memory_figure(summary: pd.DataFrame, metric: str, ylabel: str, title: str) 
     return figure
 
 
-def plot_accuracy_vs_memory(summary_or_runs: pd.DataFrame, out_dir: Path, title: str,
+def plot_accuracy_vs_memory(summary: pd.DataFrame, out_dir: Path, title: str,
                             kind: str = "cnn") -> list[Path]:
     """Average and last accuracy against memory budget, mean ± std over seeds, one line per method.
 
-    Accepts summary.csv's table or runs.csv's (summarised here). Returns the PNG and SVG paths of
+    Takes summary.csv's table (benchmark.tables.summary_table). Returns the PNG and SVG paths of
     accuracy_vs_memory_average and accuracy_vs_memory_last ("_nme" appended for NME accuracy).
     """
-    summary = summary_or_runs
     if "run_id" in summary.columns:
-        summary = summary_table(summary_or_runs)
+        raise ValueError("plot_accuracy_vs_memory takes the summary table (one row per method and "
+                         "budget point), got a runs table: pass benchmark.tables.summary_table(runs)")
     if summary.empty:
         raise ValueError("no complete runs to plot")
     _check_one_experiment(summary)

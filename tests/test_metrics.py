@@ -100,3 +100,12 @@ def test_higher_is_better_directions():
     for name in ("average_accuracy", "last_accuracy", "auc_average", "auc_last", "apm_start",
                  "apm_end"):
         assert HIGHER_IS_BETTER[name] is True
+
+
+def test_mb_has_one_definition():
+    # The report's MB conversions use the memory accounting's MB; metrics defines none of its own.
+    import benchmark.metrics as metrics
+    import benchmark.tables as tables
+    from budgets.accounting import MB
+
+    assert MB == 2**20 and not hasattr(metrics, "MB") and tables.MB is MB

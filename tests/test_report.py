@@ -1,19 +1,28 @@
 """The report on a synthetic experiment: 3 methods x 3 budget points x 2 seeds, plus joint, one
-failed run and one malformed record. Expected numbers are worked out by hand below."""
+failed run and one malformed record. Expected numbers are worked out by hand below. Then: the
+current grid (grid.json), damaged records, the report set replaced as a whole, the printed CNN/NME
+summary, docs/results.md against the schema, and imports without cycles."""
 from __future__ import annotations
 
+import ast
 import json
 import math
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib.image
 import pandas as pd
 import pytest
 
-from benchmark.report import (auc_table, load_records, runs_table, summary_table, tasks_table,
-                              write_report)
+from benchmark import columns
+from benchmark.report import GRID_FILE, load_records, write_report
+from benchmark.tables import (auc_table, format_auc, format_summary, runs_table, summary_table,
+                              tasks_table)
+from budgets.accounting import MB
 
-MB = 2**20
+REPO = Path(__file__).resolve().parents[1]
 SEEDS = (1993, 1994)
 POINTS = ((0, "conv2", 8.0), (1, "resnet14", 12.0), (2, "resnet20", 20.0))  # uneven spacing
 # CNN average accuracy (%) per method, per point, per seed (seed 1993, seed 1994).
@@ -256,8 +265,11 @@ def test_write_report_end_to_end(experiment, capsys):
         image = matplotlib.image.imread(experiment / "plots" / f"{stem}.png")
         assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
         assert (experiment / "plots" / f"{stem}.svg").read_text().lstrip().startswith("<?xml")
+    for name, expected in columns.CSV_COLUMNS.items():  # exactly the schema's columns, in order
+        assert list(pd.read_csv(experiment / name).columns) == expected, name
     printed = capsys.readouterr().out
-    assert "61.0 ± 1.4" in printed and "joint" in printed and "AUC-A 7.890" in printed
+    assert "61.0 ± 1.4" in printed and "joint" in printed and "7.890 ± 0.184" in printed
+    assert not list(experiment.glob(".report-staging-*"))  # the staging folder is gone
 
 
 def test_write_report_without_complete_runs(tmp_path, capsys):
@@ -271,10 +283,304 @@ def test_write_report_without_complete_runs(tmp_path, capsys):
     assert not (tmp_path / "summary.csv").exists() and not (tmp_path / "plots").exists()
 
 
-def test_plot_from_runs_table(runs, tmp_path):
+def test_plots_take_the_summary_table_not_runs(runs, tmp_path):
     from benchmark.plots import plot_accuracy_vs_memory
 
-    paths = plot_accuracy_vs_memory(runs, tmp_path, "cifar100 B0Inc10")
+    summary = summary_table(runs)
+    paths = plot_accuracy_vs_memory(summary[summary["dataset"] == "cifar100"], tmp_path, "B0Inc10")
     assert [path.name for path in paths] == [
         "accuracy_vs_memory_average.png", "accuracy_vs_memory_average.svg",
         "accuracy_vs_memory_last.png", "accuracy_vs_memory_last.svg"]
+    with pytest.raises(ValueError, match="summary_table"):
+        plot_accuracy_vs_memory(runs, tmp_path, "B0Inc10")
+
+
+# ------------------------------------------------------------------- the current grid
+
+def _grid_cell(record: dict, **changes) -> dict:
+    """The grid.json row of a record's cell, shaped as benchmark.grid.plan_rows gives it (no
+    dataset: the record brings it)."""
+    cell = {key: value for key, value in record["cell"].items() if key != "dataset"}
+    return {"run_id": record["run_id"], **cell, **changes}
+
+
+def _write_grid(experiment: Path, cells: list[dict]) -> None:
+    (experiment / GRID_FILE).write_text(json.dumps({"experiment": "cifar100_b0inc10_paper",
+                                                    "cells": cells}))
+
+
+def _at_budget(point: int, label: str, budget_mb: float) -> dict:
+    return {"point": point, "point_label": label, "budget_mb": budget_mb,
+            "budget_bytes": int(budget_mb * MB), "total_bytes": int(budget_mb * MB)}
+
+
+def test_new_budgets_report_only_the_new_grid(tmp_path):
+    """Budgets changed from 8/12/20 to 10/16 MB: replay has new runs, finetune's one run (the same
+    training at every point) is reported at the new points, the old records are left out."""
+    for record in grid_records():
+        _write(tmp_path, record)
+    finetune = make_record("finetune-s1993", "finetune", 1993, 0, "conv2", 8.0, 30.0, 20.0, 40.0)
+    finetune["cells"] = [{**finetune["cell"], **_at_budget(p, label, mb)} for p, label, mb in POINTS]
+    _write(tmp_path, finetune)
+    new_points = ((0, "conv4", 10.0), (1, "resnet8", 16.0))
+    cells = [_grid_cell(finetune, **_at_budget(*point)) for point in new_points]
+    cells.append(_grid_cell(grid_records()[-2]))  # joint trains as before: same run id
+    for (point, label, budget), averages in zip(new_points, ((40.0, 42.0), (50.0, 54.0))):
+        for seed, average in zip(SEEDS, averages):
+            record = make_record(f"replay2-p{point}-s{seed}", "replay", seed, point, label, budget,
+                                 average, average - 10.0, 5.0)
+            _write(tmp_path, record)
+            cells.append(_grid_cell(record))
+    _write_grid(tmp_path, cells)
+    with pytest.warns(UserWarning, match=r"19 record\(s\) .* no cell of the current grid") as caught:
+        write_report(tmp_path)
+    stale = str(caught[0].message)
+    assert "der-p2-s1994" in stale and "replay-p1-s1995" in stale and "replay2" not in stale
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert list(summary["method"]) == ["finetune", "finetune", "replay", "replay", "joint"]
+    assert summary["budget_mb"].tolist()[:4] == [10.0, 16.0, 10.0, 16.0]
+    assert summary["point_label"].tolist()[:4] == ["conv4", "resnet8", "conv4", "resnet8"]
+    # replay: mean(40, 42) = 41 at 10 MB, mean(50, 54) = 52 at 16 MB; the old 61/64.5/70 are gone
+    assert summary["cnn_average_accuracy_mean"].tolist()[:5] == [30.0, 30.0, 41.0, 52.0, 80.0]
+    assert (summary["dataset"] == "cifar100").all()  # the record fills what grid rows lack
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert set(runs["run_id"]) == {"finetune-s1993", "joint-s1993", "replay2-p0-s1993",
+                                   "replay2-p0-s1994", "replay2-p1-s1993", "replay2-p1-s1994"}
+
+
+def test_changed_schedule_reports_only_the_new_runs(tmp_path):
+    """Only later_tasks.epochs of der changed: same budgets, new run ids, new numbers."""
+    old = grid_records()
+    for record in old:
+        _write(tmp_path, record)
+    cells = [_grid_cell(record) for record in old
+             if record["cell"]["method"] != "der" and record["cell"]["seed"] in SEEDS]
+    for point, label, budget in POINTS:
+        for seed in SEEDS:
+            average = 30.0 + 10 * point + (seed - 1993) * 2  # 30/32, 40/42, 50/52
+            record = make_record(f"der-e2-p{point}-s{seed}", "der", seed, point, label, budget,
+                                 average, average - 5.0, 3.0)
+            _write(tmp_path, record)
+            cells.append(_grid_cell(record))
+    _write_grid(tmp_path, cells)
+    with pytest.warns(UserWarning, match=r"7 record\(s\)"):
+        records = load_records(tmp_path)
+    summary = summary_table(runs_table(records))
+    der = summary[summary["method"] == "der"]
+    assert der["cnn_average_accuracy_mean"].tolist() == [31.0, 41.0, 51.0]  # not 56/68/74.5
+    assert der["n_seeds"].tolist() == [2, 2, 2]
+    assert _summary_row(summary, "replay", 0)["cnn_average_accuracy_mean"] == pytest.approx(61.0)
+
+
+def test_no_grid_file_reports_every_record_with_a_warning(experiment):
+    with pytest.warns(UserWarning, match="no grid.json"):
+        assert len(load_records(experiment)) == 20
+
+
+@pytest.mark.parametrize("content, problem", [("{\"cells\": [", "unreadable"),
+                                              ('{"cells": [{"point": 1}]}', "must hold"),
+                                              ("[1, 2]", "unreadable")])
+def test_damaged_grid_file_falls_back_with_a_warning(experiment, content, problem):
+    (experiment / GRID_FILE).write_text(content)
+    with pytest.warns(UserWarning, match=f"{problem}.*{GRID_FILE}|{GRID_FILE}.*{problem}"):
+        assert len(load_records(experiment)) == 20
+
+
+def test_a_smaller_set_removes_outputs_of_the_older_one(tmp_path):
+    for record in grid_records():
+        _write(tmp_path, record)
+    for name in columns.CSV_COLUMNS:  # a previous report's set
+        (tmp_path / name).write_text("old")
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "auc.png").write_text("old")
+    _write_grid(tmp_path, [_grid_cell(grid_records()[-1])])  # the grid now has the failed run only
+    with pytest.warns(UserWarning, match="19 record"):
+        assert set(write_report(tmp_path)) == {"runs.csv", "tasks.csv"}
+    assert sorted(path.name for path in tmp_path.iterdir()) == [GRID_FILE, "runs", "runs.csv",
+                                                                "tasks.csv"]
+    assert pd.read_csv(tmp_path / "runs.csv")["run_id"].tolist() == ["replay-p1-s1995"]
+
+
+# ----------------------------------------------------------------------- damaged records
+
+DAMAGE = {
+    "a folder": lambda path: path.mkdir(),
+    "truncated JSON": lambda path: path.write_text('{"run_id": "broken", "status": "comp'),
+    "not UTF-8": lambda path: path.write_bytes(b"\xff\xfe{}"),
+    "not an object": lambda path: path.write_text('["broken", "complete"]'),
+    "missing keys": lambda path: path.write_text('{"run_id": "broken", "status": "complete"}'),
+    "cell not an object": lambda path: path.write_text(
+        '{"run_id": "broken", "status": "complete", "cell": "replay"}'),
+    "tasks not objects": lambda path: path.write_text(
+        '{"run_id": "broken", "status": "complete", "cell": {"method": "der"}, "tasks": [1]}'),
+}
+
+
+def test_damaged_records_are_named_and_skipped(tmp_path, capsys):
+    for record in grid_records():
+        _write(tmp_path, record)
+    for damage, spoil in DAMAGE.items():
+        (tmp_path / "runs" / damage).mkdir()
+        spoil(tmp_path / "runs" / damage / "record.json")
+    with pytest.warns(UserWarning) as caught:
+        paths = write_report(tmp_path)  # no traceback: the report goes on
+    named = [str(warning.message) for warning in caught if "damaged run record" in str(warning.message)]
+    for damage in DAMAGE:
+        assert sum(f"/{damage}/record.json" in message.replace("\\", "/") for message in named) == 1
+    assert len(named) == len(DAMAGE)
+    assert "summary.csv" in paths and len(pd.read_csv(tmp_path / "runs.csv")) == 20
+    assert "19 complete, 1 failed" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------ the report set, as a whole
+
+def _report_files(experiment: Path) -> dict[str, bytes]:
+    names = [*columns.CSV_COLUMNS, *(str(path.relative_to(experiment))
+                                     for path in (experiment / "plots").rglob("*"))]
+    return {name: (experiment / name).read_bytes() for name in names}
+
+
+def test_a_failing_report_leaves_the_previous_set_whole(experiment, monkeypatch):
+    from benchmark import plots
+
+    with pytest.warns(UserWarning):
+        write_report(experiment)
+    before = _report_files(experiment)
+    assert len(before) == 4 + 14  # the CSVs and 7 figures as PNG and SVG
+    _write(experiment, make_record("replay-p0-s1995", "replay", 1995, 0, "conv2", 8.0, 10.0, 5.0,
+                                   1.0))  # a new run: every table would change
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("plotting failed")
+
+    monkeypatch.setattr(plots, "plot_auc_bars", broken)  # the last step of the report
+    with pytest.raises(RuntimeError, match="plotting failed"), pytest.warns(UserWarning):
+        write_report(experiment)
+    assert _report_files(experiment) == before
+    assert not list(experiment.glob(".report-staging-*"))
+
+
+def test_a_report_killed_while_moving_is_finished_by_the_next(tmp_path):
+    from benchmark.report import MANIFEST, STAGING_PREFIX, _recover
+
+    for name in ("runs.csv", "summary.csv"):
+        (tmp_path / name).write_text("old")
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "auc.png").write_text("old")
+    moving = tmp_path / f"{STAGING_PREFIX}a"  # complete set; tasks.csv had been moved already
+    moving.mkdir()
+    (moving / "runs.csv").write_text("new")
+    (tmp_path / "tasks.csv").write_text("new")
+    (moving / MANIFEST).write_text(json.dumps({"outputs": ["runs.csv", "tasks.csv"]}))
+    building = tmp_path / f"{STAGING_PREFIX}b"  # killed while building: no manifest
+    building.mkdir()
+    (building / "auc.csv").write_text("half")
+    _recover(tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["runs.csv", "tasks.csv"]
+    assert {(tmp_path / name).read_text() for name in ("runs.csv", "tasks.csv")} == {"new"}
+
+
+# ----------------------------------------------------------------- printed CNN and NME
+
+def _cells(line: str) -> list[str]:
+    return re.split(r"\s{2,}", line.strip())
+
+
+def test_printed_summary_shows_cnn_and_nme_side_by_side(runs):
+    lines = format_summary(summary_table(runs)).splitlines()
+    assert "CNN and NME" in lines[0]
+    assert _cells(lines[1]) == ["8.0 MB (conv2)", "12.0 MB (resnet14)", "20.0 MB (resnet20)",
+                                "no budget"]
+    assert _cells(lines[2]) == ["CNN", "NME"] * 4
+    # replay at 8 MB: CNN mean(60, 62) = 61 ± sqrt(2); NME is 1 point lower
+    assert _cells(lines[3]) == ["replay", "61.0 ± 1.4", "60.0 ± 1.4", "64.5 ± 0.7", "63.5 ± 0.7",
+                                "70.0 ± 2.8", "69.0 ± 2.8"]
+    assert _cells(lines[6]) == ["joint", "80.0", "79.0"]
+
+
+def test_printed_auc_shows_cnn_and_nme_side_by_side(runs):
+    lines = format_auc(auc_table(runs)).splitlines()
+    assert _cells(lines[1]) == ["CNN", "NME"]
+    assert _cells(lines[2]) == ["AUC-A", "AUC-L", "AUC-A", "AUC-L", "note"]
+    # values of test_auc_table_matches_hand_computation, NME 0.12 lower
+    assert _cells(lines[3]) == ["replay", "7.890 ± 0.184", "6.570 ± 0.354", "7.770 ± 0.184",
+                                "6.450 ± 0.354"]
+    assert _cells(lines[6]) == ["joint", "-", "-", "-", "-",
+                                "no memory budget (not on the memory axis)"]
+
+
+# --------------------------------------------------------------------- schema and docs
+
+def _documented_columns() -> dict[str, list[str]]:
+    """docs/results.md: per "## <file>" section, the `column` of each table row."""
+    sections: dict[str, list[str]] = {}
+    section = ""
+    for line in (REPO / "docs" / "results.md").read_text(encoding="utf-8").splitlines():
+        if line.startswith("## "):
+            section = line[3:].strip()
+        elif match := re.match(r"\| `([^`]+)` \|", line):
+            sections.setdefault(section, []).append(match.group(1))
+    return sections
+
+
+def test_docs_list_exactly_the_schema_columns():
+    assert _documented_columns() == columns.CSV_COLUMNS
+
+
+def test_method_order_and_colours_follow_the_registry(monkeypatch):
+    from methods import METHODS
+    from methods.registry import Registry
+
+    assert set(columns.PAPER_METHODS) <= set(METHODS.names())
+    assert columns.method_order()[:7] == ["finetune", "replay", "icarl", "wa", "der", "memo",
+                                          "joint"]
+    later = Registry("method")
+    for name in [*METHODS.names(), "zeta"]:
+        later.add(name, object)
+    monkeypatch.setattr(columns, "METHODS", later)
+    assert columns.method_order()[-1] == "zeta"
+    names = ["unregistered", "zeta", "joint", "der", "finetune"]
+    assert sorted(names, key=columns.method_rank) == ["finetune", "der", "joint", "zeta",
+                                                      "unregistered"]
+    assert columns.method_color("der") == "tab:red"
+    assert columns.method_color("zeta") in columns.FALLBACK_COLORS
+    assert columns.method_color("zeta") == columns.method_color("zeta")
+    assert len(set(columns.PAPER_METHODS.values())) == len(columns.PAPER_METHODS)
+
+
+# ------------------------------------------------------------------------------ imports
+
+REPORT_MODULES = ["benchmark.columns", "benchmark.metrics", "benchmark.tables", "benchmark.plots",
+                  "benchmark.report"]
+
+
+@pytest.mark.parametrize("module", REPORT_MODULES)
+def test_each_report_module_imports_alone(module):
+    done = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+
+def _imports(module: str) -> set[str]:
+    """The report modules that `module` imports anywhere in its source (top level or late)."""
+    tree = ast.parse((REPO / f"{module.replace('.', '/')}.py").read_text(encoding="utf-8"))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = "benchmark." * bool(node.level) + (node.module or "")
+            names |= {base.rstrip("."), *(f"{base.rstrip('.')}.{alias.name}" for alias in node.names)}
+    return names & set(REPORT_MODULES)
+
+
+def test_report_modules_import_without_cycles():
+    graph = {module: _imports(module) for module in REPORT_MODULES}
+    assert graph["benchmark.plots"] == {"benchmark.columns"}  # figures never build tables
+    assert graph["benchmark.columns"] == graph["benchmark.metrics"] == set()
+    assert graph["benchmark.report"] == {"benchmark.columns", "benchmark.plots", "benchmark.tables"}
+    done: set[str] = set()
+    while len(done) < len(graph):  # peel modules whose imports are all peeled; a cycle never peels
+        ready = {module for module, imports in graph.items() if module not in done and imports <= done}
+        assert ready, f"import cycle among {sorted(set(graph) - done)}"
+        done |= ready
