@@ -118,8 +118,9 @@ def plot_accuracy_vs_memory(summary: pd.DataFrame, out_dir: Path, title: str,
     accuracy_vs_memory_average and accuracy_vs_memory_last ("_nme" appended for NME accuracy).
     """
     if "run_id" in summary.columns:
-        raise ValueError("plot_accuracy_vs_memory takes the summary table (one row per method and "
-                         "budget point), got a runs table: pass benchmark.tables.summary_table(runs)")
+        raise ValueError("plot_accuracy_vs_memory takes the summary table (one row per method "
+                         "and budget point), got a runs table: pass "
+                         "benchmark.tables.summary_table(runs)")
     if summary.empty:
         raise ValueError("no complete runs to plot")
     _check_one_experiment(summary)

@@ -14,12 +14,15 @@ Run `python -m benchmark.report <experiment_dir>` to write all of it.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -55,9 +58,9 @@ def load_records(experiment_dir: Path) -> list[dict]:
         return [at_cell for _, record in records for at_cell in _own_cells(record)]
     stale = [path.parent.name for path, record in records if record["run_id"] not in grid]
     if stale:
-        warnings.warn(f"{len(stale)} record(s) under {experiment_dir / 'runs'} belong to no cell of "
-                      f"the current grid ({GRID_FILE}) and are left out (an earlier grid of this "
-                      f"experiment; delete them if unwanted): {', '.join(stale)}", stacklevel=2)
+        warnings.warn(f"{len(stale)} record(s) under {experiment_dir / 'runs'} belong to no "
+                      f"cell of the current grid ({GRID_FILE}; they are from an earlier grid of "
+                      f"this experiment) and are left out: {', '.join(stale)}", stacklevel=2)
     # The grid's cell wins; the record's fills what the grid row lacks (e.g. the dataset).
     return [{**record, "cell": {**record["cell"], **cell}} for _, record in records
             for cell in grid.get(record["run_id"], [])]
@@ -82,8 +85,9 @@ def load_grid(experiment_dir: Path) -> dict[str, list[dict]] | None:
     except (OSError, ValueError, AttributeError) as error:
         warnings.warn(f"unreadable {path} ({error}); {fallback}", stacklevel=3)
         return None
-    if not (isinstance(cells, list)
-            and all(isinstance(cell, dict) and isinstance(cell.get("run_id"), str) for cell in cells)):
+    if not (isinstance(cells, list) and all(isinstance(cell, dict)
+                                            and isinstance(cell.get("run_id"), str)
+                                            for cell in cells)):
         warnings.warn(f"{path} must hold {{\"cells\": [{{\"run_id\": ..., ...}}, ...]}}; rerun "
                       f"`run_all.py run` to rewrite it; {fallback}", stacklevel=3)
         return None
@@ -194,6 +198,19 @@ def _recover(experiment_dir: Path) -> None:
             shutil.rmtree(staging, ignore_errors=True)
 
 
+@contextmanager
+def _one_report_at_a_time(experiment_dir: Path) -> Iterator[None]:
+    """A lock on the folder itself (no lock file to leave behind; the kernel drops it when the
+    process dies): the report at the end of `run` and a manual `report` must not move each
+    other's staged files."""
+    handle = os.open(experiment_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)
+
+
 def write_report(experiment_dir: Path) -> dict[str, Path]:
     """Write the tables and plots of one experiment as one set; print a summary.
 
@@ -203,19 +220,20 @@ def write_report(experiment_dir: Path) -> dict[str, Path]:
     experiment_dir = Path(experiment_dir)
     if not experiment_dir.is_dir():
         raise FileNotFoundError(f"experiment folder {experiment_dir} does not exist")
-    _recover(experiment_dir)
-    records = load_records(experiment_dir)
-    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=experiment_dir))
-    try:
-        files, message = _build(records, staging, experiment_dir)
-        names = [str(path.relative_to(staging)) for path in files]
-        write_json_atomic(staging / MANIFEST,
-                          {"outputs": sorted({name.split(os.sep)[0] for name in names})})
-        _finish_move(staging, experiment_dir)
-    except BaseException:
-        if not (staging / MANIFEST).is_file():  # complete sets are finished by the next report
-            shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with _one_report_at_a_time(experiment_dir):
+        _recover(experiment_dir)
+        records = load_records(experiment_dir)
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=experiment_dir))
+        try:
+            files, message = _build(records, staging, experiment_dir)
+            names = [str(path.relative_to(staging)) for path in files]
+            write_json_atomic(staging / MANIFEST,
+                              {"outputs": sorted({name.split(os.sep)[0] for name in names})})
+            _finish_move(staging, experiment_dir)
+        except BaseException:
+            if not (staging / MANIFEST).is_file():  # complete sets are finished by the next report
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
     print(message)
     return {Path(name).as_posix(): experiment_dir / name for name in names}
 

@@ -242,8 +242,8 @@ def format_summary(summary: pd.DataFrame) -> str:
 
 def _auc_grid(group: pd.DataFrame) -> pd.DataFrame:
     """Methods as rows; AUC-A and AUC-L of CNN and of NME side by side, then the notes."""
-    columns = pd.MultiIndex.from_tuples(
-        [(KIND_NAMES[kind], name) for kind in KINDS for name in ("AUC-A", "AUC-L")] + [("", "note")])
+    pairs = [(KIND_NAMES[kind], name) for kind in KINDS for name in ("AUC-A", "AUC-L")]
+    columns = pd.MultiIndex.from_tuples([*pairs, ("", "note")])
     grid = pd.DataFrame("", index=list(dict.fromkeys(group["method"])), columns=columns)
     notes: dict[str, dict[str, str]] = {}
     for _, row in group.iterrows():

@@ -320,7 +320,7 @@ def test_new_budgets_report_only_the_new_grid(tmp_path):
     for record in grid_records():
         _write(tmp_path, record)
     finetune = make_record("finetune-s1993", "finetune", 1993, 0, "conv2", 8.0, 30.0, 20.0, 40.0)
-    finetune["cells"] = [{**finetune["cell"], **_at_budget(p, label, mb)} for p, label, mb in POINTS]
+    finetune["cells"] = [{**finetune["cell"], **_at_budget(*point)} for point in POINTS]
     _write(tmp_path, finetune)
     new_points = ((0, "conv4", 10.0), (1, "resnet8", 16.0))
     cells = [_grid_cell(finetune, **_at_budget(*point)) for point in new_points]
@@ -332,7 +332,7 @@ def test_new_budgets_report_only_the_new_grid(tmp_path):
             _write(tmp_path, record)
             cells.append(_grid_cell(record))
     _write_grid(tmp_path, cells)
-    with pytest.warns(UserWarning, match=r"19 record\(s\) .* no cell of the current grid") as caught:
+    with pytest.warns(UserWarning, match=r"19 record\(s\) .* no cell of the current") as caught:
         write_report(tmp_path)
     stale = str(caught[0].message)
     assert "der-p2-s1994" in stale and "replay-p1-s1995" in stale and "replay2" not in stale
@@ -424,7 +424,8 @@ def test_damaged_records_are_named_and_skipped(tmp_path, capsys):
         spoil(tmp_path / "runs" / damage / "record.json")
     with pytest.warns(UserWarning) as caught:
         paths = write_report(tmp_path)  # no traceback: the report goes on
-    named = [str(warning.message) for warning in caught if "damaged run record" in str(warning.message)]
+    messages = [str(warning.message) for warning in caught]
+    named = [message for message in messages if "damaged run record" in message]
     for damage in DAMAGE:
         assert sum(f"/{damage}/record.json" in message.replace("\\", "/") for message in named) == 1
     assert len(named) == len(DAMAGE)
@@ -480,6 +481,24 @@ def test_a_report_killed_while_moving_is_finished_by_the_next(tmp_path):
     assert {(tmp_path / name).read_text() for name in ("runs.csv", "tasks.csv")} == {"new"}
 
 
+def test_a_second_report_waits_for_the_first(tmp_path):
+    import fcntl
+    import os
+    import threading
+
+    _write(tmp_path, make_record("f", "der", 1993, 0, "conv2", 8.0, 1.0, 1.0, 1.0,
+                                 status="failed", n_tasks=1))
+    held = os.open(tmp_path, os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX)  # as the report at the end of a run would hold it
+    second = threading.Thread(target=write_report, args=(tmp_path,))
+    second.start()
+    second.join(timeout=1.0)
+    assert second.is_alive() and not (tmp_path / "runs.csv").exists()
+    os.close(held)
+    second.join(timeout=120)
+    assert not second.is_alive() and (tmp_path / "runs.csv").exists()
+
+
 # ----------------------------------------------------------------- printed CNN and NME
 
 def _cells(line: str) -> list[str]:
@@ -493,8 +512,8 @@ def test_printed_summary_shows_cnn_and_nme_side_by_side(runs):
                                 "no budget"]
     assert _cells(lines[2]) == ["CNN", "NME"] * 4
     # replay at 8 MB: CNN mean(60, 62) = 61 ± sqrt(2); NME is 1 point lower
-    assert _cells(lines[3]) == ["replay", "61.0 ± 1.4", "60.0 ± 1.4", "64.5 ± 0.7", "63.5 ± 0.7",
-                                "70.0 ± 2.8", "69.0 ± 2.8"]
+    assert _cells(lines[3]) == ["replay", "61.0 ± 1.4", "60.0 ± 1.4", "64.5 ± 0.7",
+                                "63.5 ± 0.7", "70.0 ± 2.8", "69.0 ± 2.8"]
     assert _cells(lines[6]) == ["joint", "80.0", "79.0"]
 
 
@@ -570,7 +589,8 @@ def _imports(module: str) -> set[str]:
             names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
             base = "benchmark." * bool(node.level) + (node.module or "")
-            names |= {base.rstrip("."), *(f"{base.rstrip('.')}.{alias.name}" for alias in node.names)}
+            base = base.rstrip(".")
+            names |= {base, *(f"{base}.{alias.name}" for alias in node.names)}
     return names & set(REPORT_MODULES)
 
 
@@ -581,6 +601,7 @@ def test_report_modules_import_without_cycles():
     assert graph["benchmark.report"] == {"benchmark.columns", "benchmark.plots", "benchmark.tables"}
     done: set[str] = set()
     while len(done) < len(graph):  # peel modules whose imports are all peeled; a cycle never peels
-        ready = {module for module, imports in graph.items() if module not in done and imports <= done}
+        ready = {module for module, imports in graph.items()
+                 if module not in done and imports <= done}
         assert ready, f"import cycle among {sorted(set(graph) - done)}"
         done |= ready
