@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import yaml
 from annotated_types import Ge, Lt
-from pydantic import AfterValidator, Field, ValidationError
+from pydantic import AfterValidator, ConfigDict, Field, ValidationError
 from pydantic.dataclasses import dataclass
 
 from methods import METHODS
@@ -24,7 +24,7 @@ from .validation import (ConfigError, Fraction, MethodName, MethodOptions, NonNe
                          PositiveInt, StrictBool, choice, derived_model, drop_default, finite, problems_of)
 
 PROFILE_DIR = Path(__file__).resolve().parent / "configs" / "profiles"
-SCHEDULE_CONFIG = {"extra": "forbid"}
+SCHEDULE_CONFIG = ConfigDict(extra="forbid")  # a misspelt field is an error, not a silent default
 
 
 def _increasing(milestones: tuple[int, ...]) -> tuple[int, ...]:
@@ -133,7 +133,8 @@ def resolve_profile(name: str, training: Any = None) -> Profile:
         schedule = replace(schedule, **later_changes.get("all", {}))
         return replace(schedule, **later_changes.get(method, {}))
 
-    values = {field: getattr(spec, field) for field in ProfileFile.model_fields if field not in (*SCHEDULES, "description")}
+    plain = [field for field in ProfileFile.model_fields if field not in (*SCHEDULES, "description")]
+    values = {field: getattr(spec, field) for field in plain}
     values.update({k: v for k, v in changes.items() if k != "first_task"})
     return Profile(name=name, first_task=replace(spec.first_task, **changes.get("first_task", {})),
                    later_tasks={method: later(method) for method in METHODS.names()},

@@ -143,20 +143,20 @@ def derived_model(cls: type, name: str, doc: str, skip: Iterable[str] = (), opti
 
 
 # -- error messages ---------------------------------------------------------------------------
-def problems_of(error: ValidationError, model: type, prefix: tuple = ()) -> list[str]:
+def problems_of(error: ValidationError, model: type) -> list[str]:
     """One line per error: its location (dots, [index]), the problem, and what is allowed."""
     lines = []
     items = error.errors()
     for item in items:
-        loc = tuple(part for part in prefix + item["loc"] if part != "[key]")
+        loc = tuple(part for part in item["loc"] if part != "[key]")
         kind = item["type"]
         if kind == "too_short" and _has_inner_error(item, items):
             continue  # a list emptied by its bad items: the bad items are the news
         if kind in ("extra_forbidden", "unexpected_keyword_argument"):
-            allowed = ", ".join(_fields_at(model, loc[len(prefix):-1]) or {})
+            allowed = ", ".join(_fields_at(model, loc[:-1]) or {})
             lines.append(_at(loc[:-1], f"unknown key {loc[-1]!r}; allowed keys: {allowed}"))
         elif kind in ("missing", "missing_argument"):
-            info = (_fields_at(model, loc[len(prefix):-1]) or {}).get(loc[-1])
+            info = (_fields_at(model, loc[:-1]) or {}).get(loc[-1])
             help_text = f": {info.description}" if info is not None and info.description else ""
             lines.append(_at(loc[:-1], f"missing key {loc[-1]!r}{help_text}"))
         elif kind == "value_error":

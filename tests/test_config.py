@@ -79,7 +79,8 @@ def test_shipped_experiments_load_without_warnings(path):
     ({"method_options": {"memo": {"train_bsae": False}}},
      "method_options: memo: unknown option(s) ['train_bsae']; known: ['aux_weight', 'train_base']"),
     ({"method_options": {"nope": {}}}, "method_options.nope: unknown method 'nope'"),
-    ({"method_options": {"der": {"aux_weight": math.nan}}}, "method_options: der.aux_weight: nan is not a finite number"),
+    ({"method_options": {"der": {"aux_weight": math.nan}}},
+     "method_options: der.aux_weight: nan is not a finite number"),
     (first_task(epoch=3), "training.first_task: unknown key 'epoch'; allowed keys: epochs, milestones, weight_decay"),
     ({"training": {"lr": 0.1}}, "training: unknown key 'lr'; allowed keys: images_per_class"),
     ({"training": {"later_tasks": {"derr": {"epochs": 3}}}}, "training.later_tasks.derr: unknown method 'derr'"),
@@ -188,7 +189,8 @@ def test_paper_profile_holds_protocol_section_5():
                      "der": (170, (80, 120, 150), 2e-4, 0.1, 128), "memo": (170, (80, 120, 150), 2e-4, 0.1, 128),
                      "joint": (200, (60, 120, 170), 5e-4, 0.1, 128)}
     assert paper.later_default == paper.later_tasks["der"]
-    assert (paper.images_per_class, paper.test_images_per_class, paper.augment, paper.precision) == (None, None, True, "fp32")
+    subset = (paper.images_per_class, paper.test_images_per_class, paper.augment, paper.precision)
+    assert subset == (None, None, True, "fp32")
     assert paper.method_options == {"wa": {"weighting": "fixed"}}
 
 
