@@ -8,25 +8,35 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+# Only light modules at the top: `--help` must answer without importing torch (the registry, the
+# planner and the runner import it), so each command imports what it needs when it runs.
+from benchmark import devices
+from benchmark.executors import BACKENDS, DispatchError
 
-from benchmark import devices, dispatch
-from benchmark.config import ConfigError, Experiment, load_experiment
-from benchmark.grid import Run, expand, plan_rows
-from budgets.planner import BudgetError
+if TYPE_CHECKING:
+    from benchmark.config import Experiment
+    from benchmark.grid import Run
+    from benchmark.sweep import Failure, Runner
 
 PLAN_COLUMNS = ["method", "seed", "budget_mb", "backbone", "model_params", "exemplars", "model_bytes",
                 "exemplar_bytes", "total_bytes", "policy", "scenario", "point", "point_label",
                 "num_backbones", "budget_bytes", "total_mb", "run_id"]
+INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}   # exit codes: 128 + the signal number
 
 
 def plan_command(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from benchmark.config import load_experiment
+    from benchmark.grid import expand, plan_rows
+
     experiment = load_experiment(args.experiment)
     runs = expand(experiment)
     table = pd.DataFrame(plan_rows(runs))[PLAN_COLUMNS].astype({"point": "Int64", "budget_bytes": "Int64"})
@@ -44,6 +54,8 @@ def plan_command(args: argparse.Namespace) -> int:
 
 
 def _mb(value: float | None) -> str:
+    import pandas as pd
+
     return "-" if value is None or pd.isna(value) else f"{value:.2f}"
 
 
@@ -60,24 +72,61 @@ class Target:
 
 def check_run_request(args: argparse.Namespace) -> tuple[Target | None, list[str]]:
     """Every problem of the request at once, before anything runs: config, budgets, data, devices."""
+    from benchmark.config import ConfigError, load_experiment
+
     problems: list[str] = []
-    experiment, runs = None, []
+    experiment = None
     try:
         experiment = load_experiment(args.experiment)
-        runs = expand(experiment)
     except ConfigError as error:
         problems.append(str(error))
-    except BudgetError as error:
-        problems.append(f"budgets: {error}")
     if experiment is not None:
         problems += _data_problems(experiment.dataset, args.data_root)
     gpus, device_problems = devices.check_devices(args.gpus, args.runs_per_gpu, args.workers, args.address)
-    problems += device_problems + _backend_problems(args)
+    backend_problems = _backend_problems(args)
+    problems += device_problems + backend_problems
+    runs: list[Run] = []
+    if experiment is not None:
+        device_type, type_problems = _device_type(args, gpus, ask_cluster=not backend_problems)
+        runs, grid_problems = _grid(experiment, device_type)
+        problems += type_problems + grid_problems
     experiment_dir = Path(args.results) / (experiment.name if experiment else "")
-    problems += dispatch.run_folder_problems([run.run_id for run in runs], experiment_dir)
+    problems += _run_folder_problems([run.run_id for run in runs], experiment_dir)
     if problems:
         return None, problems
     return Target(experiment, runs, experiment_dir, gpus), []
+
+
+def _device_type(args: argparse.Namespace, gpus: list[int], ask_cluster: bool) -> tuple[str, list[str]]:
+    """"cuda" or "cpu": what the runs will train on (it is part of their identity). A Ray cluster
+    is asked (a connection, kept for the run): with any GPU, each run takes a GPU share
+    (RayExecutor), so "cuda". With a bad address the grid is still checked, as for the CPU."""
+    if not (args.backend == "ray" and args.address and ask_cluster):
+        return ("cuda" if gpus else "cpu"), []
+    from benchmark.executors import cluster_has_gpus
+
+    try:
+        return ("cuda" if cluster_has_gpus(args.address) else "cpu"), []
+    except Exception as error:  # noqa: BLE001 -- whatever Ray says, nothing has run yet
+        return "cpu", [f"--address {args.address}: could not connect to the Ray cluster: {error}"]
+
+
+def _grid(experiment: Experiment, device_type: str) -> tuple[list[Run], list[str]]:
+    from benchmark.grid import expand, precision_problems
+    from budgets.planner import BudgetError
+
+    try:
+        runs = expand(experiment, device_type=device_type)
+    except BudgetError as error:
+        return [], [f"budgets: {error}"]
+    return runs, precision_problems(runs, device_type)
+
+
+def _run_folder_problems(run_ids: list[str], experiment_dir: Path) -> list[str]:
+    """Run folders that would land outside the experiment folder (ids are hex hashes; check anyway)."""
+    root = experiment_dir.resolve()
+    return [f"run {run_id!r} would write outside {root}" for run_id in run_ids
+            if not (root / "runs" / run_id).resolve().is_relative_to(root)]
 
 
 def _data_problems(dataset: str, data_root: str) -> list[str]:
@@ -96,64 +145,116 @@ def _data_problems(dataset: str, data_root: str) -> list[str]:
 
 
 def _backend_problems(args: argparse.Namespace) -> list[str]:
+    import importlib.util
+
     if args.backend != "ray":
         return [f"--address {args.address}: needs --backend ray"] if args.address else []
     if importlib.util.find_spec("ray") is None:
         return ["--backend ray: ray is not installed in this environment (pip install 'ray[default]')"]
-    return []
+    return devices.address_problems(args.address) if args.address else []
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or `kill`'s stop), handled as Ctrl-C is."""
+
+    signum = signal.SIGTERM
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Interrupted()
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from benchmark import sweep
+
     target, problems = check_run_request(args)
     if target is None:
         listed = "".join("\n  - " + problem.replace("\n", "\n    ") for problem in problems)
         print(f"error: nothing was run; fix these first:{listed}", file=sys.stderr)
         return 2
-    runner = dispatch.default_runner()
-    resume = dispatch.sort_by_status(target.runs, target.experiment_dir, runner, args.retry_failed)
+    runner = sweep.default_runner()
+    resume = sweep.sort_by_status(target.runs, target.experiment_dir, runner, args.retry_failed)
     workers = args.workers or devices.default_cpu_workers()
     where = devices.describe_placement(args.backend, target.gpus, args.runs_per_gpu, workers, args.address)
     print(f"{target.experiment.name}: {resume.line()}")
     if args.dry_run:
         return _print_dry_run(resume.to_run, runner, where)
+    _write_grid(target)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        failures = _execute(args, target, resume.to_run, runner, where) if resume.to_run else []
-    except dispatch.DispatchError as error:
+        summary = _execute(args, target, resume.to_run, runner, where) if resume.to_run else sweep.Summary()
+    except KeyboardInterrupt as interruption:
+        number = getattr(interruption, "signum", signal.SIGINT)
+        print(f"\ninterrupted ({signal.Signals(number).name}): workers stopped; the same command resumes "
+              "(runs without a record run again)", file=sys.stderr)
+        return INTERRUPTED[number]
+    except DispatchError as error:  # the executor could not start: nothing ran
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: the same command resumes (runs without a record run again)", file=sys.stderr)
-        return 130
-    failures += [dispatch.recorded_failure(run, target.experiment_dir) for run in resume.failed]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if summary.elsewhere:
+        print(f"{summary.elsewhere} run(s) were run meanwhile by another process on this experiment")
+    failures = summary.failures + [sweep.recorded_failure(run, target.experiment_dir) for run in resume.failed]
     _print_failures(failures, len(target.runs), target.experiment_dir, args.retry_failed)
     _report(target.experiment_dir)
     return 1 if failures else 0
 
 
-def _execute(args: argparse.Namespace, target: Target, runs: list[Run], runner: dispatch.Runner,
-             where: str) -> list[dispatch.Failure]:
+def _write_grid(target: Target) -> None:
+    """The current grid's cells, which the report builds its tables from (records of other grids
+    in the same folder are left out)."""
+    from benchmark.grid import plan_rows
+    from benchmark.records import write_json_atomic
+    from benchmark.report import GRID_FILE
+
+    write_json_atomic(target.experiment_dir / GRID_FILE,
+                      {"experiment": target.experiment.name, "cells": plan_rows(target.runs)})
+
+
+def _execute(args: argparse.Namespace, target: Target, runs: list[Run], runner: Runner, where: str):
+    from benchmark.executors import open_executor
+    from benchmark.sweep import Sweep
+
     print(f"running on {where}; results in {target.experiment_dir}")
     workers = args.workers or devices.default_cpu_workers()
-    executor = dispatch.open_executor(args.backend, target.gpus, args.runs_per_gpu, workers,
-                                      args.address, target.experiment_dir / "workers")
+    executor = open_executor(args.backend, target.gpus, args.runs_per_gpu, workers, args.address,
+                             target.experiment_dir / "workers")
+    finished = False
     try:
-        return dispatch.execute_grid(runs, target.experiment_dir, Path(args.results), Path(args.data_root),
-                                     executor, runner)
-    finally:
-        executor.close()
+        summary = Sweep(runs, target.experiment_dir, Path(args.results), Path(args.data_root), executor, runner,
+                        options={"keep_checkpoints": args.keep_checkpoints}).run()
+        finished = True
+        return summary
+    finally:  # interrupted: kill the jobs in flight (their runs have no record yet and run again)
+        executor.close(cancel=not finished)
 
 
-def _print_failures(failures: list[dispatch.Failure], total: int, experiment_dir: Path, retried: bool) -> None:
+def _print_failures(failures: list[Failure], total: int, experiment_dir: Path, retried: bool) -> None:
     if failures:
         hint = "" if retried else " (--retry-failed runs them again)"
         print(f"{len(failures)} of {total} runs failed{hint}:", file=sys.stderr)
-        print("\n".join(dispatch.failure_lines(failures, experiment_dir)), file=sys.stderr)
+        print("\n".join(failure_lines(failures, experiment_dir)), file=sys.stderr)
 
 
-def _print_dry_run(runs: list[Run], runner: dispatch.Runner, where: str) -> int:
-    keys = dispatch.group_by_first_task(runs, runner)
-    print(f"would train {len(keys)} first-task model(s), then {len(runs)} run(s), on {where}")
-    for run in runs:
+def failure_lines(failures: list[Failure], experiment_dir: Path) -> list[str]:
+    """One line per failed run: id, method, budget, error, and where to read more."""
+    lines = []
+    for failure in failures:
+        run, folder = failure.run, experiment_dir / "runs" / failure.run.run_id
+        budget = ", ".join(dict.fromkeys(str(cell.point_label) for cell in run.cells))
+        message = (failure.message.splitlines() or [""])[0][:160]
+        lines.append(f"  {run.run_id}  {run.method}  budget {budget}  {failure.error_type}: {message}\n"
+                     f"      log {folder / 'log.txt'}  record {folder / 'record.json'}")
+    return lines
+
+
+def _print_dry_run(runs: list[Run], runner: Runner, where: str) -> int:
+    from benchmark.sweep import expected_cost, group_by_first_task
+
+    keys = group_by_first_task(runs, runner)
+    print(f"would train {len(keys)} first-task model(s), then {len(runs)} run(s), longest first, on {where}")
+    for run in sorted(runs, key=expected_cost, reverse=True):
         labels = ", ".join(dict.fromkeys(str(cell.point_label) for cell in run.cells))
         print(f"  {run.run_id}  {run.scenario}  seed {run.seed}  {run.method:<9} {run.backbone:<14} "
               f"{run.exemplars:>6} exemplars  budget {labels}")
@@ -197,8 +298,10 @@ def parser() -> argparse.ArgumentParser:
 def _add_run_parser(commands: argparse._SubParsersAction) -> None:
     run = commands.add_parser("run", help="train every run of the grid; finished runs are skipped",
                               description="Validate everything, then train the first-task models once "
-                                          "each and every run. Exit code: 0 all complete, 1 some failed, "
-                                          "2 nothing run (a problem with the request).")
+                                          "each and every run, longest first. Two commands on the same experiment "
+                                          "share its runs. Exit code: 0 all complete, 1 some failed, "
+                                          "2 nothing run (a problem with the request), 130 interrupted "
+                                          "(Ctrl-C), 143 terminated (SIGTERM); the same command resumes.")
     run.add_argument("experiment", help="experiment YAML file")
     run.add_argument("--results", default="results", help="results root; records go to RESULTS/<name>/runs/ "
                      "(default: results)")
@@ -208,12 +311,15 @@ def _add_run_parser(commands: argparse._SubParsersAction) -> None:
                      "else the CPU)")
     run.add_argument("--runs-per-gpu", type=int, default=1, help="runs sharing one GPU at a time (default 1)")
     run.add_argument("--workers", type=int, help="runs at once on the CPU, cores split between them (default: one per core, at most 8)")
-    run.add_argument("--backend", choices=dispatch.BACKENDS, default="local",
+    run.add_argument("--backend", choices=BACKENDS, default="local",
                      help="local (or joblib): worker processes on this machine (default); ray: Ray tasks, "
                           "local or on a cluster (--address); inline: in this process, one at a time, "
                           "for debugging")
     run.add_argument("--address", help="HOST:PORT of a running Ray cluster (with --backend ray)")
     run.add_argument("--retry-failed", action="store_true", help="run again the runs recorded as failed")
+    run.add_argument("--keep-checkpoints", action="store_true",
+                     help="keep each complete run's last checkpoint (by default only failed or interrupted "
+                          "runs keep theirs, to go on from it)")
     run.add_argument("--dry-run", "--only-plan-check", dest="dry_run", action="store_true",
                      help="validate and print what would run, then stop")
     run.set_defaults(handler=run_command)
@@ -221,6 +327,9 @@ def _add_run_parser(commands: argparse._SubParsersAction) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    from benchmark.config import ConfigError  # after parsing: `--help` has exited already
+    from budgets.planner import BudgetError
+
     try:
         return args.handler(args)
     except (ConfigError, BudgetError) as error:

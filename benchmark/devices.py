@@ -8,6 +8,7 @@ GPUs; only `visible_gpu_count` asks torch (and `check_devices`, through it).
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -135,6 +136,22 @@ def check_devices(gpus_text: str | None, runs_per_gpu: int, workers: int | None,
         problems.append(f"--workers {workers}: sets the number of CPU runs; with GPUs use --runs-per-gpu "
                         "(or --gpus cpu to run on the CPU)")
     return gpus, problems
+
+
+def address_problems(address: str, timeout: float = 3.0) -> list[str]:
+    """A Ray cluster address that nothing answers at, found in seconds (`ray.init` would wait for
+    minutes): HOST:PORT or ray://HOST:PORT gets a TCP connection try; "auto" is left to Ray."""
+    if address == "auto":
+        return []
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return [f"--address {address}: use HOST:PORT of the cluster's head (e.g. head-node:6379)"]
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as error:
+        return [f"--address {address}: nothing answers there ({error or type(error).__name__}); start the "
+                f"cluster (ray start --head --port={port}) or fix the address"]
+    return []
 
 
 def describe_placement(backend: str, gpus: list[int], runs_per_gpu: int, workers: int,

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmark.dispatch import Runner
+from benchmark.sweep import Runner
 from benchmark.grid import Run
 
 
@@ -42,10 +42,13 @@ class TrainFirstTask:
 
     def __call__(self, run: Run, results_root: Path, device: str, data_root: Path, threads: int) -> Path:
         key = first_task_key(run)
+        path = Path(results_root) / "first_task" / f"{key}.pt"
+        if path.exists():  # as the runner does: a model that exists is loaded, not trained again
+            _journal(self.journal, job="first_task_loaded", key=key, **_environment(device, threads))
+            return path
         _journal(self.journal, job="first_task", key=key, **_environment(device, threads))
         if key in self.fail_keys:
             raise RuntimeError(f"first task {key} diverged")
-        path = Path(results_root) / "first_task" / f"{key}.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("model")
         return path
@@ -57,12 +60,18 @@ class ExecuteRun:
     raise_for: tuple[str, ...] = ()   # methods or run ids that fail, recorded as the runner records exceptions
     exit_for: tuple[str, ...] = ()    # methods or run ids that kill their worker process, as the OOM killer would
     slow_for: tuple[str, ...] = ()    # methods or run ids that take a second or two
+    broken_for: tuple[str, ...] = ()  # methods or run ids whose record says the CUDA context broke
 
     def __call__(self, run: Run, experiment_dir: Path, results_root: Path, device: str, data_root: Path,
-                 threads: int) -> dict:
-        _journal(self.journal, job="run", run_id=run.run_id, method=run.method, **_environment(device, threads))
+                 threads: int, keep_checkpoints: bool = False) -> dict:
+        _journal(self.journal, job="run", run_id=run.run_id, method=run.method, keep_checkpoints=keep_checkpoints,
+                 **_environment(device, threads))
         if {run.method, run.run_id} & set(self.slow_for):
             time.sleep(2)
+        if {run.method, run.run_id} & set(self.broken_for):
+            record = _record(run, "failed", {"type": "AcceleratorError", "message": "CUDA error: an illegal "
+                                             "memory access was encountered", "cuda_context_broken": True})
+            return _write_record(run, experiment_dir, record)
         if {run.method, run.run_id} & set(self.exit_for):
             os._exit(1)
         if {run.method, run.run_id} & set(self.raise_for):
@@ -104,6 +113,26 @@ def read_record(experiment_dir: Path, run_id: str) -> dict:
 
 
 def fake_runner(journal: Path, fail_keys: tuple[str, ...] = (), raise_for: tuple[str, ...] = (),
-                exit_for: tuple[str, ...] = (), slow_for: tuple[str, ...] = ()) -> Runner:
+                exit_for: tuple[str, ...] = (), slow_for: tuple[str, ...] = (), broken_for: tuple[str, ...] = (),
+                write_failed=write_failed_record) -> Runner:
     return Runner(first_task_key, TrainFirstTask(journal, fail_keys),
-                  ExecuteRun(journal, raise_for, exit_for, slow_for), write_failed_record, record_status)
+                  ExecuteRun(journal, raise_for, exit_for, slow_for, broken_for), write_failed, record_status)
+
+
+def unwritable_failure(run: Run, experiment_dir: Path, error_type: str, message: str, traceback_text: str) -> dict:
+    """A write_failed_record that itself fails (as the runner's did when origin("unknown") raised)."""
+    raise ValueError("Expected one of cpu, cuda device type at start of device string: unknown")
+
+
+def worker_facts(device: str, threads: int, exit_code: int | None = None, broken: bool = False,
+                 sleep: float = 0.0) -> dict:
+    """A job that reports its process; it may kill that process first (`exit_code`), sleep, or
+    report a broken CUDA context as the runner does."""
+    if exit_code is not None:
+        os._exit(exit_code)
+    time.sleep(sleep)
+    error = {"type": "AcceleratorError", "cuda_context_broken": True} if broken else None
+    import torch  # its thread pool is sized from OMP_NUM_THREADS when it loads
+
+    return {"pid": os.getpid(), "error": error, "torch_threads": torch.get_num_threads(),
+            **_environment(device, threads)}

@@ -1,0 +1,316 @@
+"""Where jobs run: worker processes on this machine, Ray tasks, or this process.
+
+The executor protocol (what benchmark.sweep relies on; a new executor, e.g. SLURM through
+submitit, implements exactly this):
+
+    capacity: int                          jobs it runs at once; the sweep never has more in flight
+    running: int                           jobs in flight now (for the progress bar)
+    submit(job: Job) -> Future[Outcome]    a concurrent.futures.Future whose result() is an Outcome
+    close(cancel: bool) -> None            cancel=False: all jobs are done, stop the workers;
+                                           cancel=True: interrupted, kill the jobs in flight
+
+- The job runs as `call_job(job, device, threads)` wherever it lands; `call_job` turns an
+  exception into a failed Outcome, so a job never raises.
+- A job whose process dies (killed, out of memory, segfault) is the executor's to report, as
+  Outcome(error_type=CRASH); that costs this job only, and the next job gets a fresh process.
+- An Outcome with `replace_worker` (its CUDA context broke) must not be followed by another job
+  in the same process: an executor that reuses processes replaces that one first.
+- A job's environment (CUDA_VISIBLE_DEVICES, thread caps) is set before its process imports
+  anything, and the job is told its device and thread count as arguments.
+submitit, for instance, fits as: submit() calls `executor.submit(call_job, job, device, threads)`
+and a thread per job sets the Future from `job.result()`; capacity is the array parallelism.
+
+Executors here:
+- LocalExecutor ("local", alias "joblib"): per device slot, a loky process pool of one worker
+  (joblib's maintained pool), started with the slot's environment, kept alive across jobs (each
+  CPU worker loads the data set once), and replaced after its worker dies. Workers get the
+  driver's sys.path from loky, so they import this code without any PYTHONPATH; they watch the
+  driver and exit when it dies, even kill -9'd, and log to results/<experiment>/workers/.
+- RayExecutor: one Ray task per job, fractional GPUs; a local instance or a running cluster.
+- InlineExecutor ("inline"): in this process, one job at a time, for debugging (pdb works). It
+  cannot replace its process: a run that breaks the CUDA context breaks the ones after it.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .devices import Slot, physical_ids, ray_task_resources, worker_slots
+
+BACKENDS = ("local", "joblib", "ray", "inline")   # "joblib" is accepted for "local" (its first name)
+CRASH = "WorkerCrashedError"   # error type of a job whose process died (killed, out of memory, segfault)
+WATCH_SECONDS = 0.5            # how often a worker checks that its driver is alive
+
+
+class DispatchError(RuntimeError):
+    """The executor could not start (e.g. no Ray cluster at the address); nothing was run."""
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str                 # for logs and messages: "run <id>" or "first task <key>"
+    tag: str                  # the run id or first-task key the result belongs to
+    fn: Callable[..., Any]    # picklable (module-level, or an instance of a module-level class)
+    kwargs: dict[str, Any]    # every argument but device and threads, which the slot decides
+
+
+@dataclass(frozen=True)
+class Outcome:
+    value: Any = None
+    error_type: str | None = None   # None: the job returned `value`
+    message: str = ""
+    traceback: str = ""
+    replace_worker: bool = False    # the job left its process unusable (a broken CUDA context)
+
+    @property
+    def ok(self) -> bool:
+        return self.error_type is None
+
+
+def call_job(job: Job, device: str, threads: int) -> Outcome:
+    """Run one job where it landed; an exception becomes a failed Outcome, not a dead worker."""
+    try:
+        value = job.fn(**job.kwargs, device=device, threads=threads)
+    except Exception as error:  # noqa: BLE001 -- any failure of one job is that job's result
+        return Outcome(error_type=type(error).__name__, message=str(error), traceback=traceback.format_exc(),
+                       replace_worker=type(error).__name__ == "AcceleratorError")
+    return Outcome(value=value, replace_worker=context_broken(value))
+
+
+def context_broken(value: Any) -> bool:
+    """Whether a run's record says that its process's CUDA context is broken (the runner sets it)."""
+    error = value.get("error") if isinstance(value, dict) else None
+    return isinstance(error, dict) and error.get("cuda_context_broken") is True
+
+
+def _done(outcome: Outcome) -> Future:
+    future: Future = Future()
+    future.set_result(outcome)
+    return future
+
+
+# -- local worker processes ----------------------------------------------------------------------
+def worker_setup(driver_pid: int, log_path: str) -> None:
+    """A worker's first act (loky initializer): output to its log, and die with the driver."""
+    log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    sys.stdout.reconfigure(line_buffering=True)
+    threading.Thread(target=_watch_driver, args=(driver_pid,), name="driver-watch", daemon=True).start()
+
+
+def _watch_driver(driver_pid: int) -> None:
+    # A kill -9'd driver runs no cleanup, and the pool's pipes are only read between jobs: without
+    # this, a worker trains its run to the end for nobody. The driver is the worker's parent (loky
+    # forks and execs from it), so a new parent means it died. (Not PR_SET_PDEATHSIG: it fires
+    # when the *thread* that started the worker exits, and loky may start workers from any thread.)
+    while os.getppid() == driver_pid:
+        time.sleep(WATCH_SECONDS)
+    os._exit(3)
+
+
+class _Lane:
+    """One slot: a loky pool of one worker process, replaced after that process dies or is unusable."""
+
+    def __init__(self, slot: Slot, log_path: Path):
+        self.slot, self.log_path = slot, log_path
+        self.pool: Any = None
+        self.busy = self.stale = False
+
+    def submit(self, job: Job) -> Future:
+        if self.pool is None or self.stale:
+            self._renew()
+        self.busy = True
+        outer: Future = Future()
+        inner = self.pool.submit(call_job, job, self.slot.device, self.slot.threads)
+        inner.add_done_callback(lambda done: self._settle(job, done, outer))
+        return outer
+
+    def _renew(self) -> None:
+        from joblib.externals.loky import ProcessPoolExecutor  # late: `--help` stays light
+
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, kill_workers=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        # max_workers=1: a dead worker breaks only this pool, so it costs only its own job.
+        # timeout=None: an idle worker stays (it keeps the data set loaded for the next run).
+        self.pool = ProcessPoolExecutor(max_workers=1, timeout=None, env=self.slot.env, initializer=worker_setup,
+                                        initargs=(os.getpid(), str(self.log_path)))
+        self.stale = False
+
+    def _settle(self, job: Job, done: Future, outer: Future) -> None:
+        from joblib.externals.loky.process_executor import BrokenProcessPool
+
+        try:
+            outcome = done.result()
+        except BrokenProcessPool as error:  # the worker died (or could not load the job)
+            self.stale = True
+            outcome = self._crashed(job, error)
+        except BaseException as error:  # noqa: BLE001 -- e.g. a result that could not travel back
+            outcome = Outcome(error_type=type(error).__name__, message=f"{job.name}: {error}")
+        self.stale = self.stale or outcome.replace_worker
+        self.busy = False  # before the result: whoever the result wakes finds this lane free
+        outer.set_result(outcome)
+
+    def _crashed(self, job: Job, error: BaseException) -> Outcome:
+        text = str(error)
+        codes = text[text.find("{"):text.find("}") + 1] if "exit codes" in text else ""
+        how = f"died (exit code {codes})" if codes else f"died ({text.splitlines()[0] if text else error!r})"
+        hint = " (SIGKILL: often the out-of-memory killer)" if "SIGKILL" in codes else ""
+        return Outcome(error_type=CRASH, traceback=_tail(self.log_path),
+                       message=f"the worker process running {job.name} {how}{hint}; its output is in {self.log_path}")
+
+    def close(self, cancel: bool) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, kill_workers=cancel)
+            self.pool = None
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class LocalExecutor:
+    """Jobs on this machine: one long-lived worker process per slot (benchmark.devices)."""
+
+    def __init__(self, slots: list[Slot], log_dir: Path):
+        self.lanes = [_Lane(slot, log_dir / f"worker-{i}.log") for i, slot in enumerate(slots)]
+        self.capacity = len(self.lanes)
+
+    @property
+    def running(self) -> int:
+        return sum(lane.busy for lane in self.lanes)
+
+    def submit(self, job: Job) -> Future:
+        lane = next((lane for lane in self.lanes if not lane.busy), None)
+        if lane is None:
+            raise RuntimeError(f"{job.name}: all {self.capacity} slots are busy (submit at most `capacity` jobs)")
+        return lane.submit(job)
+
+    def close(self, cancel: bool = False) -> None:
+        for lane in self.lanes:
+            lane.close(cancel)
+
+
+class InlineExecutor:
+    """Jobs in this process, one at a time: no isolation, but a debugger and tracebacks work directly."""
+
+    capacity = 1
+
+    def __init__(self, slot: Slot):
+        self.slot, self.running = slot, 0
+
+    def submit(self, job: Job) -> Future:
+        self.running = 1
+        try:
+            return _done(call_job(job, self.slot.device, self.slot.threads))
+        finally:
+            self.running = 0
+
+    def close(self, cancel: bool = False) -> None:
+        pass
+
+
+class RayExecutor:
+    """One Ray task per job: 1/runs_per_gpu of a GPU each (Ray sets CUDA_VISIBLE_DEVICES), or CPUs."""
+
+    def __init__(self, address: str | None, gpus: list[str], runs_per_gpu: int, workers: int):
+        import ray
+
+        self.ray = ray
+        try:
+            start_ray(address, gpus)
+        except Exception as error:  # noqa: BLE001 -- whatever Ray says, nothing has run yet
+            raise DispatchError(f"Ray did not start ({address or 'local instance'}): {error}") from error
+        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+        self.num_cpus, self.num_gpus = ray_task_resources(nodes, runs_per_gpu, workers)
+        gpu_slots = sum(int(n.get("GPU", 0)) for n in nodes) * runs_per_gpu
+        self.capacity = gpu_slots if self.num_gpus else sum(int(n.get("CPU", 1)) // self.num_cpus for n in nodes)
+        # A fresh process per GPU task: it frees the GPU's memory, a broken CUDA context dies with
+        # it, and a reused process that had initialized CUDA on another GPU could not follow the
+        # new CUDA_VISIBLE_DEVICES.
+        self.task = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=0,
+                               max_calls=1 if self.num_gpus else 0)(call_job)
+        self.running = 0
+
+    def submit(self, job: Job) -> Future:
+        outer: Future = Future()
+        inner = self.task.remote(job, "cuda:0" if self.num_gpus else "cpu", self.num_cpus).future()
+        self.running += 1
+        inner.add_done_callback(lambda done: self._settle(job, done, outer))
+        return outer
+
+    def _settle(self, job: Job, done: Future, outer: Future) -> None:
+        try:
+            outcome = done.result()
+        except self.ray.exceptions.WorkerCrashedError as error:  # the task's process died
+            outcome = Outcome(error_type=CRASH, message=f"the Ray worker running {job.name} died: {error}")
+        except Exception as error:  # noqa: BLE001 -- Ray lost the task some other way
+            outcome = Outcome(error_type=type(error).__name__, message=f"{job.name}: {error}")
+        self.running -= 1
+        outer.set_result(outcome)
+
+    def close(self, cancel: bool = False) -> None:
+        self.ray.shutdown()  # stops a local instance and its tasks; only disconnects from a cluster
+
+
+def python_path() -> str:
+    """The driver's import path for Ray workers (Ray does not pass sys.path on, unlike loky)."""
+    own = [Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve()]
+    entries = [str(Path(p).resolve()) for p in sys.path if p and os.path.isdir(p)]
+    entries = [p for p in entries if not any(Path(p).is_relative_to(prefix) for prefix in own)]
+    return os.pathsep.join(dict.fromkeys([os.getcwd(), *entries]))
+
+
+def start_ray(address: str | None, gpus: list[str]) -> None:
+    """Connect to the cluster at `address`, or start a local instance on `gpus` (no-op if connected)."""
+    import ray
+
+    if ray.is_initialized():  # validation asked the cluster for its GPUs already
+        return
+    options = dict(runtime_env={"env_vars": {"PYTHONPATH": python_path()}}, log_to_driver=False)
+    if address:
+        ray.init(address=address, **options)
+        return
+    saved = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if gpus:  # the local raylet hands out exactly the GPUs it sees
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    try:
+        ray.init(address="local", include_dashboard=False, num_cpus=os.cpu_count(), num_gpus=len(gpus), **options)
+    finally:
+        if saved is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = saved
+
+
+def cluster_has_gpus(address: str) -> bool:
+    """Connect to the Ray cluster at `address` (the connection stays for the run) and say whether
+    it has GPUs: the grid is then planned for CUDA."""
+    import ray
+
+    start_ray(address, [])
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def open_executor(backend: str, gpus: list[int], runs_per_gpu: int, workers: int, address: str | None,
+                  log_dir: Path) -> LocalExecutor | RayExecutor | InlineExecutor:
+    """The executor of `backend` on torch's devices `gpus` ([] = the CPU)."""
+    physical = physical_ids(gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if backend == "ray":
+        return RayExecutor(address, physical, runs_per_gpu, workers)
+    if backend == "inline":  # this process sees every GPU, so it names the device itself
+        return InlineExecutor(Slot({}, f"cuda:{gpus[0]}" if gpus else "cpu", os.cpu_count() or 1))
+    return LocalExecutor(worker_slots(physical, runs_per_gpu, workers, os.cpu_count() or 1), log_dir)

@@ -1,0 +1,284 @@
+"""The sweep over a grid: which jobs, in what order, resume, what a failure means, and progress.
+
+What to run comes from the grid (benchmark.grid) and how to train it from benchmark.runner; where
+a job runs is the executor's business (benchmark.executors, whose docstring has the protocol).
+
+- Resume: runs with a complete record are skipped, failed ones unless retried; a run killed
+  before its record was written has none, and runs again.
+- Order: the shared first-task models first, then the runs, longest first (`expected_cost`), each
+  as soon as its first-task model exists. Never more jobs in flight than the executor's capacity,
+  so the order holds and a job can still be put back.
+- Sharing: a job whose lock another process holds (another `run` of the same experiment) is put
+  back and tried again later; a run that process has finished meanwhile is not run again
+  (benchmark.locks).
+- Failures: a failed job never stops the sweep. A run that failed without writing its record (its
+  worker died) gets one written here; the runs of a first task that failed fail with it; a record
+  that cannot be written is reported, and the sweep goes on.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import locks
+from .executors import Job, Outcome
+
+if TYPE_CHECKING:
+    from .grid import Run
+
+RETRY_SECONDS = 2.0   # how long a job held by another process waits before it is tried again
+
+
+@dataclass(frozen=True)
+class Runner:
+    """The runner's functions, injectable (tests pass fakes)."""
+
+    first_task_key: Callable[..., str]
+    train_first_task: Callable[..., Path]
+    execute_run: Callable[..., dict]
+    write_failed_record: Callable[..., dict]
+    record_status: Callable[..., str | None]
+
+
+def default_runner() -> Runner:
+    from . import runner  # late: the sweep must import before (and without) the training stack
+
+    return Runner(runner.first_task_key, runner.train_first_task, runner.execute_run,
+                  runner.write_failed_record, runner.record_status)
+
+
+def expected_cost(run: Run) -> tuple[int, int, int]:
+    """How long `run` will take, as a sort key (larger first): Joint first (it trains on all the
+    data seen so far), then growing models by the backbone parameters of their final model (DER's
+    T backbones), then by the images trained on after the first task (exemplars + new data of
+    each later task, times epochs). The first task is shared and trained apart, so it is left out."""
+    from methods import METHODS  # late: the registry imports torch
+
+    from .data import DATASETS, Scenario
+
+    traits, spec = METHODS.get(run.method), DATASETS[run.dataset]
+    per_class = run.training["images_per_class"] or spec.train_per_class
+    later = Scenario.parse(run.scenario).task_sizes(spec.num_classes)[1:]
+    images = sum(run.exemplars + size * per_class for size in later) * run.training["later_tasks"]["epochs"]
+    growing = max(cell.model_params for cell in run.cells) if traits.growth != "single" else 0
+    return int(traits.trains_on_all_data), growing, images
+
+
+# -- resume ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Resume:
+    complete: list[Run]
+    failed: list[Run]      # failed before and not retried
+    to_run: list[Run]
+    retrying: int          # failed before and run again (counted in to_run)
+
+    def line(self) -> str:
+        total = len(self.complete) + len(self.failed) + len(self.to_run)
+        failed = f"{self.retrying} failed (retrying)" if self.retrying else f"{len(self.failed)} failed (skipped)"
+        return f"{total} runs: {len(self.complete)} complete (skipped), {failed}, {len(self.to_run)} to run"
+
+
+def sort_by_status(runs: list[Run], experiment_dir: Path, runner: Runner, retry_failed: bool) -> Resume:
+    """Which runs already have a record. A half-written record (killed mid-write) has none: it reruns."""
+    status = {run.run_id: runner.record_status(experiment_dir, run.run_id) for run in runs}
+    complete = [run for run in runs if status[run.run_id] == "complete"]
+    failed = [run for run in runs if status[run.run_id] == "failed"]
+    fresh = [run for run in runs if status[run.run_id] not in ("complete", "failed")]
+    if retry_failed:
+        return Resume(complete, [], failed + fresh, len(failed))
+    return Resume(complete, failed, fresh, 0)
+
+
+def group_by_first_task(runs: list[Run], runner: Runner) -> dict[str, list[Run]]:
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(runner.first_task_key(run), []).append(run)
+    return groups
+
+
+@dataclass(frozen=True)
+class Failure:
+    run: Run
+    error_type: str
+    message: str
+
+
+def recorded_failure(run: Run, experiment_dir: Path) -> Failure:
+    """The failure a run's existing record describes (for failed runs that are not retried)."""
+    try:
+        error = json.loads((experiment_dir / "runs" / run.run_id / "record.json").read_text()).get("error") or {}
+    except (OSError, ValueError, AttributeError):
+        error = {}
+    return Failure(run, error.get("type", "unknown"), error.get("message", ""))
+
+
+# -- the sweep ---------------------------------------------------------------------------------------
+@dataclass
+class _Entry:
+    job: Job
+    lock: Path               # held by whoever runs the job (benchmark.locks)
+    needs: str | None        # the first-task key a run waits for; None for a first-task job
+    rank: int                # place in the order: first tasks, then runs longest first
+    not_before: float = 0.0  # held elsewhere: not tried again before this (time.monotonic)
+
+
+@dataclass
+class Summary:
+    failures: list[Failure] = field(default_factory=list)
+    elsewhere: int = 0       # runs another process ran while this sweep waited for them
+
+
+class Sweep:
+    """Train each distinct first task once, then every run whose first task exists."""
+
+    def __init__(self, runs: list[Run], experiment_dir: Path, results_root: Path, data_root: Path,
+                 executor: Any, runner: Runner, options: dict[str, Any] | None = None,
+                 retry_seconds: float | None = None):
+        self.experiment_dir, self.executor, self.runner = Path(experiment_dir), executor, runner
+        self.retry_seconds = RETRY_SECONDS if retry_seconds is None else retry_seconds
+        self.groups = group_by_first_task(runs, runner)
+        paths = {"results_root": Path(results_root).resolve(), "data_root": Path(data_root).resolve()}
+        firsts = [_Entry(Job(f"first task {key}", key, locks.claim_first_task,
+                             {"train": runner.train_first_task, "key": key, "run": group[0], **paths}),
+                         locks.first_task_lock_path(paths["results_root"], key), None, 0)
+                  for key, group in self.groups.items()]
+        ordered = sorted(runs, key=expected_cost, reverse=True)
+        self.queue = firsts + [self._run_entry(run, paths, options or {}) for run in ordered]
+        for rank, entry in enumerate(self.queue):
+            entry.rank = rank
+        self.by_id = {run.run_id: run for run in runs}
+        self.ready: set[str] = set()
+        self.flight: dict[Future, _Entry] = {}
+        self.summary = Summary()
+        self.progress = Progress(len(self.queue), len(runs), executor)
+
+    def _run_entry(self, run: Run, paths: dict[str, Path], options: dict[str, Any]) -> _Entry:
+        folder = self.experiment_dir.resolve()
+        kwargs = {"execute": self.runner.execute_run, "record_status": self.runner.record_status,
+                  "seen": locks.record_stamp(folder, run.run_id), "run": run, "experiment_dir": folder,
+                  **paths, **options}
+        return _Entry(Job(f"run {run.run_id}", run.run_id, locks.claim_run, kwargs),
+                      locks.run_lock_path(folder, run.run_id), self.runner.first_task_key(run), 0)
+
+    def run(self) -> Summary:
+        """Every job to its end (an interruption propagates: the caller cancels the executor)."""
+        try:
+            while self.queue or self.flight:
+                self._fill()
+                if not self.flight:  # all that is left is held by another process
+                    wake = min(entry.not_before for entry in self.queue)
+                    time.sleep(min(self.retry_seconds, max(0.05, wake - time.monotonic())))
+                    continue
+                # A bounded wait, so that Ctrl-C and SIGTERM are handled promptly on every platform.
+                done, _ = wait(self.flight, timeout=1.0, return_when=FIRST_COMPLETED)
+                for future in done:
+                    self._settle(self.flight.pop(future), _outcome(future))
+        finally:
+            self.progress.close()
+        return self.summary
+
+    def _fill(self) -> None:
+        now = time.monotonic()
+        for entry in list(self.queue):
+            if len(self.flight) >= self.executor.capacity:
+                return
+            if entry.not_before > now or (entry.needs is not None and entry.needs not in self.ready):
+                continue
+            if locks.is_held(entry.lock):  # another process has it: do not spend a worker on asking
+                entry.not_before = now + self.retry_seconds
+                continue
+            self.queue.remove(entry)
+            self.flight[self.executor.submit(entry.job)] = entry
+            self.progress.refresh()
+
+    def _settle(self, entry: _Entry, outcome: Outcome) -> None:
+        if isinstance(outcome.value, locks.NotRun) and outcome.value.held:  # taken by another process meanwhile
+            entry.not_before = time.monotonic() + self.retry_seconds
+            self.queue.insert(sum(e.rank < entry.rank for e in self.queue), entry)
+            return
+        if entry.needs is None:
+            self._first_task_done(entry.job.tag, outcome)
+        else:
+            self._run_done(self.by_id[entry.job.tag], outcome)
+
+    def _first_task_done(self, key: str, outcome: Outcome) -> None:
+        self.progress.step()
+        if outcome.ok:
+            self.ready.add(key)
+            return
+        dependants = [entry for entry in self.queue if entry.needs == key]
+        self.queue = [entry for entry in self.queue if entry.needs != key]
+        message = f"its first-task model ({key}) could not be trained: {outcome.error_type}: {outcome.message}"
+        for entry in dependants:
+            run = self.by_id[entry.job.tag]
+            self._write_failure(run, "FirstTaskError", message, outcome.traceback)
+            self.summary.failures.append(Failure(run, "FirstTaskError", message))
+        self.progress.drop(len(dependants))
+
+    def _run_done(self, run: Run, outcome: Outcome) -> None:
+        failure = None
+        if isinstance(outcome.value, locks.NotRun):  # another process ran it while it waited here
+            self.summary.elsewhere += 1
+            if outcome.value.status != "complete":
+                failure = recorded_failure(run, self.experiment_dir)
+        elif not outcome.ok:  # the run could not record itself: its process died, or it never started
+            self._write_failure(run, outcome.error_type, outcome.message, outcome.traceback)
+            failure = Failure(run, outcome.error_type, outcome.message)
+        elif (record := outcome.value or {}).get("status") != "complete":
+            error = record.get("error") or {}
+            failure = Failure(run, error.get("type", "unknown"), error.get("message", f"status {record.get('status')!r}"))
+        self.summary.failures += [failure] if failure else []
+        self.progress.step(done=failure is None, failed=failure is not None)
+
+    def _write_failure(self, run: Run, error_type: str, message: str, traceback_text: str) -> None:
+        try:
+            self.runner.write_failed_record(run, self.experiment_dir, error_type, message, traceback_text)
+        except Exception as error:  # noqa: BLE001 -- reported; the run stays without a record and reruns
+            self.progress.write(f"warning: the failure of run {run.run_id} ({error_type}) could not be "
+                                f"recorded: {type(error).__name__}: {error}")
+
+
+def _outcome(future: Future) -> Outcome:
+    """An executor's Outcome; should one break the protocol and raise, that is the job's failure."""
+    try:
+        return future.result()
+    except Exception as error:  # noqa: BLE001 -- the sweep outlives any one job
+        return Outcome(error_type=type(error).__name__, message=str(error))
+
+
+class Progress:
+    """One bar over all jobs (first tasks, then runs) on stderr; the postfix counts runs."""
+
+    def __init__(self, jobs: int, runs: int, executor: Any):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=jobs, unit="job", file=sys.stderr, dynamic_ncols=True, desc="grid")
+        self.runs, self.done, self.failed, self.executor = runs, 0, 0, executor
+        self.refresh()
+
+    def step(self, done: bool = False, failed: bool = False) -> None:
+        self.done, self.failed = self.done + done, self.failed + failed
+        self.bar.update(1)
+        self.refresh()
+
+    def drop(self, runs: int) -> None:
+        """Runs failed without a job of their own (their first task failed): fewer jobs to wait for."""
+        self.failed += runs
+        self.bar.total -= runs
+        self.refresh()
+
+    def refresh(self) -> None:
+        self.bar.set_postfix(done=self.done, failed=self.failed, running=self.executor.running,
+                             left=self.runs - self.done - self.failed)
+
+    def write(self, line: str) -> None:
+        self.bar.write(line, file=sys.stderr)
+
+    def close(self) -> None:
+        self.bar.close()
