@@ -9,7 +9,7 @@ WORKERS ?=
 DATA_ARG := $(if $(DATA),--data-root $(DATA),)
 DEVICE_ARG := $(if $(GPUS),--gpus $(GPUS),)$(if $(WORKERS), --workers $(WORKERS),)
 
-.PHONY: bench test plan schema venv clean-venv
+.PHONY: bench test plan schema venv clean-venv check-device
 
 # The pinned requirements first, then the suite itself, editable and without dependencies, so
 # the pins stay the only source of versions (and `cil-bench` is on the venv's PATH).
@@ -29,6 +29,12 @@ plan: venv
 
 test: venv
 	$(if $(DATA),CIL_DATA_ROOT=$(DATA) ,)$(PY) -m pytest -q
+
+# Before a grid on a GPU machine: steps, parity, a tiny grid, packing and projected hours (at most
+# ~8 minutes; python -m benchmark.check --help). CHECK_ARGS=--quick is the CPU smoke size.
+CHECK_ARGS ?=
+check-device: venv
+	$(if $(DATA),CIL_DATA_ROOT=$(DATA) ,)$(PY) -m benchmark.check $(CHECK_ARGS)
 
 # The experiment file's JSON schema for editors; tests/test_schema.py fails when it is stale.
 schema: venv
