@@ -190,7 +190,8 @@ def _speed_at(run: Run, data, task: int, precision: str, batch_size: int, warmup
     extract(method.network, data.test, data.augmentation, batch, rows)  # warm-up (cuDNN autotuning)
     synchronize(engine.device)
     started = time.perf_counter()
-    extract(method.network, data.test, data.augmentation, batch, rows)  # ends on the host: synchronized
+    extract(method.network, data.test, data.augmentation, batch, rows)
+    synchronize(engine.device)  # extract returns device tensors: wait for their kernels
     forward = (time.perf_counter() - started) / len(rows)
     return PairSpeed({task: 1 / cell.images_per_second(engine.device)}, {task: forward})
 
