@@ -5,6 +5,7 @@ everything that loops lives here.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -17,6 +18,7 @@ from methods.exemplars import ExemplarMemory, herding_order, random_order
 
 from .batches import Augmentation, BatchSource, TensorSource, concat, select
 from .evaluation import Accuracy, accuracy, class_means, extract, nme_predict
+from .precision import keep_heads_fp32, precision_problem
 from .profiles import Schedule
 
 Log = Callable[[str], None]
@@ -43,15 +45,20 @@ class RunData:
         return ((source.labels >= low) & (source.labels < high)).nonzero().flatten()
 
 
+class DivergedError(RuntimeError):
+    """The training loss stopped being a finite number."""
+
+
 @dataclass
 class EngineSettings:
     schedules: list[Schedule]          # one per task
     exemplars: int                     # exemplar budget E
     selection: str = "herding"
     augment: bool = True
-    eval_batch_size: int = 1000
+    eval_batch_size: int = 1000        # test and class-mean feature extraction
     network_seed: int = 1
-    bf16: bool = False                 # autocast on CUDA only (on CPUs bf16 measured far slower)
+    precision: str = "fp32"            # "bf16": autocast around the backbones (CUDA only)
+    herding_batch_size: int = 1000     # feature extraction for exemplar selection
 
 
 @dataclass
@@ -82,14 +89,35 @@ class Engine:
     def __init__(self, method: Method, data: RunData, settings: EngineSettings, log: Log = print) -> None:
         self.method, self.data, self.settings, self.log = method, data, settings, log
         self.device = data.train.labels.device
+        problem = precision_problem(settings.precision, self.device.type)
+        if problem:
+            raise ValueError(problem)
         self.memory = ExemplarMemory(settings.exemplars if method.uses_exemplars else 0, self.device)
         self.generator = torch.Generator(device=self.device)
+        if self.device.type == "cuda":
+            # Input shapes repeat (fixed batch size, one image size): the autotuned kernels pay back.
+            torch.backends.cudnn.benchmark = True
+
+    @property
+    def autocast(self) -> bool:
+        return self.settings.precision == "bf16" and self.device.type == "cuda"
+
+    @property
+    def fused_sgd(self) -> bool:
+        return self.device.type == "cuda"  # the fused kernel exists for CUDA tensors only
+
+    def speed_settings(self) -> dict[str, object]:
+        """What this engine does for speed, for the run's origin."""
+        return {"precision": self.settings.precision, "channels_last": self.data.augmentation.channels_last,
+                "fused_sgd": self.fused_sgd, "cudnn_benchmark": self.device.type == "cuda"
+                and torch.backends.cudnn.benchmark}
 
     # -- the loop -----------------------------------------------------------------------------
-    def run(self, first_task_state: dict | None = None,
-            on_task: Callable[[TaskResult], None] | None = None) -> list[TaskResult]:
+    def run(self, first_task_state: dict | None = None, on_task: Callable[[TaskResult], None] | None = None,
+            start: int = 0) -> list[TaskResult]:
+        """Learn tasks `start` .. last (a resumed run starts after its last checkpointed task)."""
         results = []
-        for index in range(self.data.num_tasks):
+        for index in range(start, self.data.num_tasks):
             result = self.learn_task(self.data.task(index), first_task_state if index == 0 else None)
             results.append(result)
             if on_task:
@@ -97,13 +125,11 @@ class Engine:
         return results
 
     def learn_task(self, task: Task, first_task_state: dict | None = None) -> TaskResult:
-        # Seeding per task makes a run's later tasks identical whether task 0 was trained or loaded.
+        # Seeding per task makes a run's later tasks identical whether task 0 was trained or loaded,
+        # and whether the earlier tasks ran in this process or were restored from a checkpoint.
         torch.manual_seed(self.settings.network_seed * 1000 + task.index)
         self.generator.manual_seed(self.settings.network_seed * 1000 + task.index)
-        self.method.before_task(task)
-        self.method.network.to(self.device)
-        if self.method.teacher is not None:
-            self.method.teacher.to(self.device)
+        self.grow(task)
         start = time.perf_counter()
         epochs: list[dict] = []
         if first_task_state is not None:
@@ -124,6 +150,19 @@ class Engine:
                  f"{result.exemplars_stored} images stored, train {result.train_seconds:.1f}s")
         return result
 
+    def grow(self, task: Task) -> None:
+        """The method's before-task step (new blocks, heads, teacher), then the new modules placed
+        like the old ones: on the device, channels_last where the inputs are, fp32 heads under bf16."""
+        self.method.before_task(task)
+        for network in (self.method.network, self.method.teacher):
+            if network is None:
+                continue
+            network.to(self.device)
+            if self.data.augmentation.channels_last:  # weights in the inputs' layout: no conversions
+                network.to(memory_format=torch.channels_last)
+            if self.autocast:
+                keep_heads_fp32(network)
+
     # -- training -----------------------------------------------------------------------------
     def training_set(self, task: Task) -> BatchSource:
         train = self.data.train
@@ -135,15 +174,19 @@ class Engine:
         return concat([new, TensorSource(self.memory.images, self.memory.labels)])
 
     def train(self, task: Task, source: BatchSource, schedule: Schedule) -> list[dict]:
-        params = self.method.trainable_parameters()
-        optimizer = torch.optim.SGD(params, lr=schedule.lr, momentum=schedule.momentum,
-                                    weight_decay=schedule.weight_decay)
+        # A fresh optimizer per task (as the reference runs): nothing of it outlives the task.
+        optimizer = torch.optim.SGD(self.method.trainable_parameters(), lr=schedule.lr, momentum=schedule.momentum,
+                                    weight_decay=schedule.weight_decay, fused=self.fused_sgd)
         lr_steps = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(schedule.milestones), schedule.lr_decay)
         self.method.network.train()
         history = []
         for epoch in range(schedule.epochs):
             started = time.perf_counter()
             loss_sum = self.train_epoch(task, source, optimizer, schedule.batch_size)
+            if not math.isfinite(loss_sum):
+                where = "first_task" if task.index == 0 else f"later_tasks.{self.method.name}"
+                raise DivergedError(f"loss is {loss_sum} at task {task.index} epoch {epoch + 1}; "
+                                    f"lower the lr (training.{where}.lr, now {schedule.lr})")
             lr_steps.step()
             seconds = time.perf_counter() - started
             history.append({"epoch": epoch, "loss": loss_sum / len(source), "seconds": seconds,
@@ -153,23 +196,23 @@ class Engine:
         return history
 
     def train_epoch(self, task: Task, source: BatchSource, optimizer: torch.optim.Optimizer, batch_size: int) -> float:
+        """The summed loss of one epoch; one host sync at its end (the float), none per step."""
         order = torch.randperm(len(source), generator=self.generator, device=self.device)
-        total = torch.zeros((), device=self.device)  # summed on the device: no host sync per step
-        for batch in order.split(batch_size):
-            images, labels = self.batch(source, batch)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.settings.bf16 and self.device.type == "cuda"):
-                loss = self.method.loss(task, images, labels)
+        total = torch.zeros((), device=self.device)
+        for rows, images in source.batches(order, batch_size):
+            x, labels = self.augment(images), source.labels[rows]
+            # bf16 covers the backbones; the heads (Float32Linear) and so the losses stay fp32.
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                loss = self.method.loss(task, x, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.detach().float() * len(batch)
+            total += loss.detach().float() * len(rows)
         return float(total)
 
-    def batch(self, source: BatchSource, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        images = source.images(rows)
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
         augmentation = self.data.augmentation
-        x = augmentation.train(images, self.generator) if self.settings.augment else augmentation.normalize(images)
-        return x, source.labels[rows]
+        return augmentation.train(images, self.generator) if self.settings.augment else augmentation.normalize(images)
 
     # -- exemplars ------------------------------------------------------------------------------
     def update_memory(self, task: Task) -> None:
@@ -188,7 +231,8 @@ class Engine:
             # One stream per class: a shared seed would pick the same positions in every class.
             seed = self.settings.network_seed * 1000 + label
             return random_order(count, len(rows), torch.Generator().manual_seed(seed)).to(rows.device)
-        features, _ = extract(self.method.network, source, self.data.augmentation, self.settings.eval_batch_size, rows)
+        features, _ = extract(self.method.network, source, self.data.augmentation,
+                              self.settings.herding_batch_size, rows)
         return herding_order(features, count).to(rows.device)
 
     def stored_images(self, task: Task) -> int:

@@ -21,8 +21,8 @@ def extract(network: IncrementalNet, source: BatchSource, augmentation: Augmenta
     device = source.labels.device
     rows = torch.arange(len(source), device=device) if indices is None else indices
     features, logits = [], []
-    for batch in rows.split(batch_size):
-        out = network(augmentation.normalize(source.images(batch)))
+    for _, images in source.batches(rows, batch_size):  # disk-backed sources prefetch the next batch
+        out = network(augmentation.normalize(images))
         features.append(out["features"].float())
         logits.append(out["logits"].float())
     network.train(was_training)

@@ -17,6 +17,9 @@ from methods import METHODS
 
 from .config import Experiment
 from .data import DATASETS, Scenario
+from .precision import precision_problem
+
+DEVICE_TYPES = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,8 @@ class Run:
     exemplars: int
     training: dict[str, Any]   # everything else that shapes training (schedules, options, subset)
     cells: tuple[CellPlan, ...]
+    # A CPU-made model or record must never stand in for a CUDA run: kernels (and bf16) differ.
+    device_type: str = "cpu"
 
     @property
     def run_id(self) -> str:
@@ -42,7 +47,7 @@ class Run:
         """The resolved config that determines this run's outcome (and so its id)."""
         return {"dataset": self.dataset, "scenario": self.scenario, "seed": self.seed,
                 "network_seed": self.network_seed, "method": self.method, "backbone": self.backbone,
-                "exemplars": self.exemplars, **self.training}
+                "exemplars": self.exemplars, "device_type": self.device_type, **self.training}
 
 
 def run_id(identity: dict[str, Any]) -> str:
@@ -68,14 +73,20 @@ def training_settings(experiment: Experiment, method: str, scenario: str) -> dic
         "images_per_class": profile.images_per_class,
         "test_images_per_class": profile.test_images_per_class,
         "augment": profile.augment,
+        "precision": profile.precision,
+        "eval_batch_size": profile.eval_batch_size,
+        "herding_batch_size": profile.herding_batch_size,
         "exemplar_selection": experiment.exemplar_selection,
         "method_options": METHODS.get(method).resolve_options(experiment.method_options.get(method, {}),
                                                               Scenario.parse(scenario).base),
     }
 
 
-def expand(experiment: Experiment) -> list[Run]:
-    """Every run of the experiment, in a stable order. Raises one BudgetError listing every misfit."""
+def expand(experiment: Experiment, device_type: str = "cpu") -> list[Run]:
+    """Every run of the experiment on `device_type` ("cpu" or "cuda"), in a stable order.
+    Raises one BudgetError listing every misfit."""
+    if device_type not in DEVICE_TYPES:
+        raise ValueError(f"device_type {device_type!r} is not allowed; use one of {', '.join(DEVICE_TYPES)}")
     runs: dict[str, Run] = {}
     problems: list[str] = []
     for scenario in experiment.scenarios:
@@ -88,12 +99,19 @@ def expand(experiment: Experiment) -> list[Run]:
             for cell in cells:
                 run = Run(experiment.name, experiment.dataset, scenario, seed, experiment.network_seed,
                           cell.method, cell.backbone, cell.exemplars,
-                          training_settings(experiment, cell.method, scenario), (cell,))
+                          training_settings(experiment, cell.method, scenario), (cell,), device_type)
                 known = runs.get(run.run_id)
                 runs[run.run_id] = run if known is None else _with_cell(known, cell)
     if problems:
         raise BudgetError("\n".join(problems))
     return list(runs.values())
+
+
+def precision_problems(runs: list[Run], device_type: str) -> list[str]:
+    """Why these runs cannot train on `device_type` (empty when they can), one line per experiment
+    and precision, so validation can refuse the grid before any worker starts."""
+    problems = {(run.experiment, precision_problem(run.training["precision"], device_type)): None for run in runs}
+    return [f"{experiment}: {problem}" for experiment, problem in problems if problem]
 
 
 def _with_cell(run: Run, cell: CellPlan) -> Run:

@@ -11,7 +11,7 @@ import json
 import os
 import time
 import traceback
-from dataclasses import asdict
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
@@ -22,7 +22,7 @@ import torch
 from budgets.accounting import MB
 from methods import METHODS
 
-from . import metrics
+from . import checkpoints, metrics
 from .batches import Augmentation, source_of
 from .data import DATASETS, Scenario, class_order, incremental_labels, load_dataset, per_class_subset
 from .engine import Engine, EngineSettings, RunData, TaskResult
@@ -30,7 +30,8 @@ from .grid import Run
 from .profiles import Schedule
 from .records import origin, record_path, record_status, run_dir, write_json_atomic
 
-__all__ = ["execute_run", "train_first_task", "first_task_key", "write_failed_record", "record_status"]
+__all__ = ["execute_run", "train_first_task", "first_task_key", "write_failed_record", "record_status",
+           "breaks_cuda_context"]
 
 
 class BudgetExceeded(RuntimeError):
@@ -67,7 +68,8 @@ def first_task_identity(run: Run) -> dict[str, Any]:
     return {"dataset": run.dataset, "first_task_classes": Scenario.parse(run.scenario).task_sizes(
                 DATASETS[run.dataset].num_classes)[0],
             "class_order_seed": run.seed, "network_seed": run.network_seed, "backbone": run.backbone,
-            "schedule": t["first_task"], "images_per_class": t["images_per_class"], "augment": t["augment"]}
+            "schedule": t["first_task"], "images_per_class": t["images_per_class"], "augment": t["augment"],
+            "precision": t["precision"], "device_type": run.device_type}
 
 
 def first_task_key(run: Run) -> str:
@@ -116,9 +118,11 @@ def _settings(run: Run, exemplars: int) -> EngineSettings:
     first = Schedule(**_tuple_milestones(run.training["first_task"]))
     later = Schedule(**_tuple_milestones(run.training["later_tasks"]))
     num_tasks = Scenario.parse(run.scenario).num_tasks(DATASETS[run.dataset].num_classes)
+    t = run.training
     return EngineSettings(schedules=[first] + [later] * (num_tasks - 1), exemplars=exemplars,
-                          selection=run.training["exemplar_selection"], augment=run.training["augment"],
-                          network_seed=run.network_seed)
+                          selection=t["exemplar_selection"], augment=t["augment"], network_seed=run.network_seed,
+                          precision=t["precision"], eval_batch_size=t["eval_batch_size"],
+                          herding_batch_size=t["herding_batch_size"])
 
 
 def _tuple_milestones(schedule: dict) -> dict:
@@ -131,12 +135,13 @@ def _set_threads(threads: int) -> None:
 
 
 def execute_run(run: Run, experiment_dir: Path, results_root: Path, device: str, data_root: Path,
-                threads: int) -> dict:
-    """Train `run` and write its record; an exception becomes a "failed" record, never a crash."""
+                threads: int, keep_checkpoints: bool = False) -> dict:
+    """Train `run` (from its checkpoint, when an earlier attempt left one) and write its record;
+    an exception becomes a "failed" record, never a crash. A complete run's checkpoint is deleted
+    unless `keep_checkpoints`; a failed run's is kept, so that running it again goes on from it."""
     folder = run_dir(experiment_dir, run.run_id)
     folder.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    results: list[TaskResult] = []
+    progress = _Progress(time.time())
     with open(folder / "log.txt", "a", buffering=1) as log_file:
         def log(line: str) -> None:
             log_file.write(f"{time.strftime('%H:%M:%S')} {line}\n")
@@ -144,19 +149,61 @@ def execute_run(run: Run, experiment_dir: Path, results_root: Path, device: str,
             _set_threads(threads)
             log(f"run {run.run_id}: {run.method} on {run.dataset} {run.scenario}, seed {run.seed}, "
                 f"{run.backbone}, {run.exemplars} exemplars, device {device}, {torch.get_num_threads()} threads")
-            state = torch.load(train_first_task(run, results_root, device, data_root, threads, log),
-                               weights_only=True)["state"]
-            method = new_method(run, run.method, run.training["method_options"])
-            engine = Engine(method, prepare_data(run, data_root, torch.device(device)),
-                            _settings(run, run.exemplars), log)
-            engine.run(state, on_task=results.append)
-            check_budget(run, results[-1])
-            record = build_record(run, "complete", results, device, time.time() - started)
+            _train(run, folder, results_root, device, data_root, threads, log, progress)
+            check_budget(run, progress.results[-1])
+            record = build_record(run, "complete", progress.results, device, progress.wall_seconds(), speed=progress.speed)
         except Exception as error:  # recorded, so the grid goes on; KeyboardInterrupt is not caught
             log(traceback.format_exc())
-            record = build_record(run, "failed", results, device, time.time() - started, error)
+            record = build_record(run, "failed", progress.results, device, progress.wall_seconds(), error, progress.speed)
+    # Only now has the traceback (and the tensors its frames held) gone: the cache can really shrink.
+    if record["error"] and record["error"]["type"] == "OutOfMemoryError" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    path = checkpoints.checkpoint_path(folder)
+    size = path.stat().st_size if path.exists() else 0  # the last checkpoint: the run's largest
+    kept = size > 0 and (keep_checkpoints or record["status"] != "complete")
+    record["checkpoint"] = {"bytes": size, "kept": kept, "resumed_from_task": progress.resumed_from}
     write_json_atomic(record_path(experiment_dir, run.run_id), record)
+    if not kept:
+        path.unlink(missing_ok=True)
     return record
+
+
+@dataclass
+class _Progress:
+    """What a run has done so far, kept outside the training frames so a failure can record it."""
+
+    started: float
+    results: list[TaskResult] = field(default_factory=list)
+    earlier_seconds: float = 0.0        # spent by earlier attempts, up to their last checkpoint
+    resumed_from: int | None = None     # the first task this attempt learned, when it resumed
+    speed: dict[str, Any] | None = None
+
+    def wall_seconds(self) -> float:
+        return self.earlier_seconds + time.time() - self.started
+
+
+def _train(run: Run, folder: Path, results_root: Path, device: str, data_root: Path, threads: int,
+           log: Callable[[str], None], progress: _Progress) -> None:
+    method = new_method(run, run.method, run.training["method_options"])
+    engine = Engine(method, prepare_data(run, data_root, torch.device(device)), _settings(run, run.exemplars), log)
+    progress.speed = engine.speed_settings()
+    path = checkpoints.checkpoint_path(folder)
+    resumed = checkpoints.resume(path, run.run_id, engine)
+    state = None
+    if resumed is not None:
+        progress.results.extend(resumed.results)
+        progress.earlier_seconds = resumed.wall_seconds
+        progress.resumed_from = len(resumed.results)
+        log(f"resuming from task {progress.resumed_from} ({path.name}: {len(resumed.results)} tasks done)")
+    else:
+        state = torch.load(train_first_task(run, results_root, device, data_root, threads, log),
+                           weights_only=True)["state"]
+
+    def finished(result: TaskResult) -> None:
+        progress.results.append(result)
+        checkpoints.save(path, run.run_id, engine, progress.results, progress.wall_seconds())
+
+    engine.run(state, on_task=finished, start=len(progress.results))
 
 
 def check_budget(run: Run, final: TaskResult) -> None:
@@ -192,23 +239,68 @@ def summarize(results: list[TaskResult]) -> dict[str, float]:
 
 
 def build_record(run: Run, status: str, results: list[TaskResult], device: str, wall_seconds: float,
-                 error: BaseException | None = None) -> dict:
+                 error: BaseException | None = None, speed: dict[str, Any] | None = None) -> dict:
     summary = {**summarize(results), "wall_seconds": wall_seconds} if status == "complete" else None
     return {
         "run_id": run.run_id, "status": status, "experiment": run.experiment,
         "cell": _cell_dict(run, run.cells[0]), "cells": [_cell_dict(run, c) for c in run.cells],
         "config": {**run.identity(), "experiment": run.experiment},
-        "origin": origin(device),
+        "origin": origin(device, speed),
         "tasks": [r.as_record() for r in results],
         "summary": summary,
-        "error": None if error is None else {"type": type(error).__name__, "message": str(error),
-                                             "traceback": "".join(traceback.format_exception(error))},
+        "error": None if error is None else error_entry(error, device),
     }
+
+
+def error_entry(error: BaseException, device: str) -> dict:
+    """The record's account of `error`; out-of-memory errors carry the device's memory figures."""
+    message = str(error)
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        message = f"{message} [{cuda_memory_text(device)}]"
+    return {"type": type(error).__name__, "message": message,
+            "traceback": "".join(traceback.format_exception(error)),
+            "cuda_context_broken": breaks_cuda_context(error)}
+
+
+def cuda_memory_text(device: str) -> str:
+    """The memory figures of CUDA `device` (see memory_text), or why there are none."""
+    try:
+        return memory_text(torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device),
+                           torch.cuda.max_memory_allocated(device), torch.cuda.get_device_properties(device).total_memory)
+    except Exception as error:  # no CUDA here, or a context too broken to ask
+        return f"CUDA memory figures unavailable: {error}"
+
+
+def memory_text(allocated: int, reserved: int, max_allocated: int, total: int) -> str:
+    gib = [value / 2**30 for value in (allocated, reserved, max_allocated, total)]
+    return ("CUDA memory: {:.2f} GiB allocated, {:.2f} GiB reserved, {:.2f} GiB max allocated, "
+            "{:.2f} GiB total").format(*gib)
+
+
+# Messages of errors after which the process's CUDA context is unusable (every later CUDA call fails).
+_BROKEN_CONTEXT = ("CUDA error", "device-side assert", "illegal memory access")
+
+
+def breaks_cuda_context(error: BaseException) -> bool:
+    """Whether `error` (or an error it was raised from) leaves CUDA unusable in this process, so
+    the worker must be replaced. Out-of-memory errors do not: the next run can use the device."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        accelerator_error = getattr(torch, "AcceleratorError", None)  # torch >= 2.8
+        if accelerator_error is not None and isinstance(error, accelerator_error):
+            return True
+        if (isinstance(error, RuntimeError) and not isinstance(error, torch.cuda.OutOfMemoryError)
+                and any(marker in str(error) for marker in _BROKEN_CONTEXT)):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def write_failed_record(run: Run, experiment_dir: Path, error_type: str, message: str, traceback_text: str) -> dict:
     """For failures the run could not record itself (a killed worker, out of memory)."""
     record = build_record(run, "failed", [], "unknown", 0.0)
-    record["error"] = {"type": error_type, "message": message, "traceback": traceback_text}
+    record["error"] = {"type": error_type, "message": message, "traceback": traceback_text,
+                      "cuda_context_broken": False}
     write_json_atomic(record_path(experiment_dir, run.run_id), record)
     return record

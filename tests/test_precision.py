@@ -1,0 +1,222 @@
+"""Precision, device type and the engine's other run settings: what reaches the run's identity,
+the engine and the record; bf16 refused on the CPU; fp32 heads under autocast; diverged and
+out-of-memory failures; which errors break the CUDA context; records readable by others."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from benchmark import runner
+from benchmark.batches import Augmentation, TensorSource
+from benchmark.config import parse_experiment
+from benchmark.engine import DivergedError, Engine, EngineSettings, RunData
+from benchmark.grid import expand, precision_problems
+from benchmark.precision import Float32Linear, keep_heads_fp32, precision_problem
+from benchmark.profiles import Schedule
+from benchmark.records import origin, record_path, write_json_atomic
+from methods import METHODS
+from methods.networks import build_network
+from methods.replay import Replay
+
+RAW = {"name": "precision", "dataset": "cifar100", "scenario": "B0Inc50", "methods": ["replay", "finetune"],
+       "budgets": [0.75], "seeds": [1993], "profile": "cpu", "family": ["conv2_half", "resnet8_half"],
+       "benchmark_backbone": "conv2_half", "anchor_exemplars": 200}
+BF16_FIX = "precision bf16 needs CUDA; set training: {precision: fp32} or run with --gpus"
+
+
+def runs_of(training: dict | None = None, device_type: str = "cpu"):
+    raw = {**RAW, "training": training} if training else RAW
+    return {run.method: run for run in expand(parse_experiment(raw), device_type)}
+
+
+# -- identity ------------------------------------------------------------------------------------
+def test_precision_defaults_to_fp32_and_is_part_of_the_run_identity():
+    fp32, bf16 = runs_of()["replay"], runs_of({"precision": "bf16"}, "cuda")["replay"]
+    assert fp32.training["precision"] == "fp32" and fp32.identity()["precision"] == "fp32"
+    assert bf16.training["precision"] == "bf16"
+    fp32_cuda = runs_of(device_type="cuda")["replay"]
+    assert len({fp32.run_id, fp32_cuda.run_id, bf16.run_id}) == 3
+    keys = {runner.first_task_key(run) for run in (fp32, fp32_cuda, bf16)}
+    assert len(keys) == 3  # a first-task model is shared only at the same precision on the same device type
+    assert runner.first_task_identity(bf16)["precision"] == "bf16"
+
+
+def test_device_type_is_part_of_the_run_identity():
+    cpu, cuda = runs_of()["replay"], runs_of(device_type="cuda")["replay"]
+    assert cpu.device_type == "cpu" and cuda.device_type == "cuda"
+    assert cpu.identity()["device_type"] == "cpu" and cuda.identity()["device_type"] == "cuda"
+    assert cpu.run_id != cuda.run_id
+    assert runner.first_task_identity(cuda)["device_type"] == "cuda"
+    assert runner.first_task_key(cpu) != runner.first_task_key(cuda)
+    # everything else is the same run
+    assert {k: v for k, v in cpu.identity().items() if k != "device_type"} == \
+        {k: v for k, v in cuda.identity().items() if k != "device_type"}
+    with pytest.raises(ValueError, match="device_type 'gpu' is not allowed; use one of cpu, cuda"):
+        expand(parse_experiment(RAW), "gpu")
+
+
+def test_bf16_on_the_cpu_is_refused_with_the_fix():
+    bf16 = list(runs_of({"precision": "bf16"}).values())
+    assert precision_problems(bf16, "cpu") == [f"precision: {BF16_FIX}"]
+    assert precision_problems(bf16, "cuda") == []
+    assert precision_problems(list(runs_of().values()), "cpu") == []
+    assert precision_problem("bf16", "cpu") == BF16_FIX
+    assert precision_problem("fp16", "cuda") == "precision 'fp16' is not allowed; use one of fp32, bf16"
+    data = tiny_data()
+    with pytest.raises(ValueError, match=r"precision bf16 needs CUDA; set training: \{precision: fp32\}"):
+        Engine(Replay("conv2_half"), data, EngineSettings([SCHEDULE, SCHEDULE], 4, precision="bf16"))
+
+
+# -- fp32 heads under autocast ---------------------------------------------------------------------
+def test_heads_stay_fp32_under_autocast():
+    torch.manual_seed(0)
+    network = build_network("der", "conv2_half")
+    network.add_task(3)
+    network.add_task(2)
+    network.add_aux_head(2)
+    images = torch.randn(4, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = network(images)
+    assert plain["logits"].dtype == torch.bfloat16  # without the change the head runs in bf16
+    keys = list(network.state_dict())
+    keep_heads_fp32(network)
+    assert type(network.fc) is Float32Linear and type(network.aux_fc) is Float32Linear
+    assert list(network.state_dict()) == keys  # same parameters, same checkpoint keys
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = network(images)
+    assert out["features"].dtype == torch.bfloat16  # the backbones do run in bf16
+    assert out["logits"].dtype == torch.float32 and out["aux_logits"].dtype == torch.float32
+    expected = nn.functional.linear(out["features"].float(), network.fc.weight, network.fc.bias)
+    assert torch.equal(out["logits"], expected)
+    assert type(copy.deepcopy(network).fc) is Float32Linear  # a teacher copy keeps fp32 heads
+    with torch.no_grad():  # outside autocast nothing changes
+        assert torch.equal(network(images)["logits"], nn.Linear.forward(network.fc, network.features(images)))
+
+
+# -- the engine's settings -------------------------------------------------------------------------
+SCHEDULE = Schedule(epochs=1, milestones=(), weight_decay=0.0, batch_size=8)
+
+
+def tiny_data() -> RunData:
+    """Four classes of 10 flat-coloured 8x8 images, two tasks."""
+    torch.manual_seed(0)
+    labels = torch.arange(40) // 10
+    images = (labels * 60).to(torch.uint8).view(40, 1, 1, 1).expand(40, 3, 8, 8).contiguous()
+    source = TensorSource(images, labels)
+    return RunData(source, source, [0, 2, 4], (8, 8, 3), Augmentation((0.5,) * 3, (0.25,) * 3))
+
+
+def test_eval_and_herding_batch_sizes_reach_the_engine(monkeypatch):
+    run = runs_of({"eval_batch_size": 7, "herding_batch_size": 3})["replay"]
+    assert run.training["eval_batch_size"] == 7 and run.training["herding_batch_size"] == 3
+    settings = runner._settings(run, run.exemplars)
+    assert settings.eval_batch_size == 7 and settings.herding_batch_size == 3 and settings.precision == "fp32"
+    assert run.run_id != runs_of()["replay"].run_id
+    import benchmark.engine as engine_module
+
+    seen = []
+    extract = engine_module.extract
+
+    def recording(network, source, augmentation, batch_size, indices=None):
+        seen.append((batch_size, len(source) if indices is None else len(indices)))
+        return extract(network, source, augmentation, batch_size, indices)
+
+    monkeypatch.setattr(engine_module, "extract", recording)
+    data = tiny_data()
+    engine = Engine(Replay("conv2_half"), data, EngineSettings([SCHEDULE, SCHEDULE], 4, eval_batch_size=7,
+                                                               herding_batch_size=3), log=lambda line: None)
+    engine.learn_task(data.task(0))
+    # herding: one extraction per new class (10 images each) at 3; then the test rows and the memory at 7
+    assert seen == [(3, 10), (3, 10), (7, 20), (7, 4)]
+
+
+def test_channels_last_weights_and_speed_settings():
+    data = tiny_data()
+    engine = Engine(METHODS.get("der")("conv2_half"), data, EngineSettings([SCHEDULE, SCHEDULE], 4),
+                    log=lambda line: None)
+    engine.run()
+    convs = [m.weight for m in engine.method.network.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 4 and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert engine.speed_settings() == {"precision": "fp32", "channels_last": True, "fused_sgd": False,
+                                       "cudnn_benchmark": False}
+
+
+def test_a_diverged_run_fails_naming_the_task_epoch_and_fix():
+    class Exploding(Replay):
+        def loss(self, task, images, labels):
+            loss = super().loss(task, images, labels)
+            return loss * float("nan") if task.index == 1 else loss
+
+    data = tiny_data()
+    engine = Engine(Exploding("conv2_half"), data, EngineSettings([SCHEDULE, SCHEDULE], 4), log=lambda line: None)
+    with pytest.raises(DivergedError) as error:
+        engine.run()
+    assert str(error.value) == "loss is nan at task 1 epoch 1; lower the lr (training.later_tasks.replay.lr, now 0.1)"
+
+
+# -- failures and records --------------------------------------------------------------------------
+def test_breaks_cuda_context():
+    assert runner.breaks_cuda_context(RuntimeError("CUDA error: device-side assert triggered"))
+    assert runner.breaks_cuda_context(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    assert runner.breaks_cuda_context(torch.AcceleratorError("CUDA error: unspecified launch failure"))
+    try:
+        try:
+            raise RuntimeError("CUDA error: misaligned address")
+        except RuntimeError as inner:
+            raise ValueError("while evaluating") from inner
+    except ValueError as outer:
+        assert runner.breaks_cuda_context(outer)
+    assert not runner.breaks_cuda_context(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    assert not runner.breaks_cuda_context(RuntimeError("boom"))
+    assert not runner.breaks_cuda_context(ValueError("unknown option train_bse"))
+
+
+def test_out_of_memory_errors_carry_the_memory_figures():
+    gib = 2**30
+    assert runner.memory_text(gib // 2, 3 * gib // 4, gib, 80 * gib) == (
+        "CUDA memory: 0.50 GiB allocated, 0.75 GiB reserved, 1.00 GiB max allocated, 80.00 GiB total")
+    entry = runner.error_entry(torch.cuda.OutOfMemoryError("CUDA out of memory."), "cpu")
+    assert entry["type"] == "OutOfMemoryError" and entry["cuda_context_broken"] is False
+    assert entry["message"].startswith("CUDA out of memory. [CUDA memory figures unavailable")  # no CUDA here
+    assert runner.error_entry(RuntimeError("boom"), "cpu")["message"] == "boom"
+
+
+def test_the_real_failed_record_of_a_dead_worker(tmp_path):
+    run = runs_of()["finetune"]
+    returned = runner.write_failed_record(run, tmp_path, "WorkerCrashedError", "worker exited with -9", "Traceback ...")
+    on_disk = json.loads(record_path(tmp_path, run.run_id).read_text())
+    assert on_disk == json.loads(json.dumps(returned))
+    assert on_disk["status"] == "failed" and on_disk["run_id"] == run.run_id and on_disk["tasks"] == []
+    assert on_disk["error"] == {"type": "WorkerCrashedError", "message": "worker exited with -9",
+                                "traceback": "Traceback ...", "cuda_context_broken": False}
+    assert on_disk["origin"]["device"] == "unknown" and on_disk["origin"]["device_name"] is None
+    assert on_disk["config"]["device_type"] == "cpu" and on_disk["config"]["precision"] == "fp32"
+
+
+def test_origin_records_the_speed_settings_and_versions():
+    cpu = origin("cpu", {"precision": "fp32", "channels_last": True, "fused_sgd": False, "cudnn_benchmark": False})
+    assert cpu["device"] == "cpu" and cpu["precision"] == "fp32" and cpu["channels_last"] is True
+    assert cpu["fused_sgd"] is False and cpu["cudnn_benchmark"] is False
+    assert cpu["cuda_version"] is None and cpu["cudnn_version"] is None  # not a CUDA run
+    assert origin("unknown")["device"] == "unknown"
+
+
+def test_records_are_readable_by_other_users(tmp_path):
+    """mkstemp makes files 0600; a record must end 0666 less the umask (0644 under the usual 022)."""
+    from benchmark.records import _umask
+
+    mask = os.umask(0o022)
+    _umask.cache_clear()  # read again under the umask set here
+    try:
+        path = tmp_path / "runs" / "x" / "record.json"
+        write_json_atomic(path, {"status": "complete"})
+        assert path.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(mask)
+        _umask.cache_clear()
+    assert json.loads(path.read_text()) == {"status": "complete"}
