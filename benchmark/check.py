@@ -163,15 +163,18 @@ def projection_section(section: Section, device: torch.device, sizes: Sizes, pac
                  f"models, precision {runs[0].training['precision']}, packed {packed} per device")
     for line in projection.table(result).splitlines():
         section.note(line)
-    measured = "tasks 0 and 1" + (" and the last task" if sizes.last_task else "")
-    section.note(f"measured: seconds per training image (batch {sizes.projection_batch}, {sizes.projection_steps} timed "
-                 f"steps) and per forward image of each of the {len(speeds)} method x backbone pairs at task 1, each "
-                 f"backbone's first-task step, DER/MEMO at {measured}, seconds per herding pick; extrapolated: "
-                 "DER/MEMO at the other tasks (linear in the task index), everything else counted from the configs")
+    last = " and, for DER/MEMO, at the last task" if sizes.last_task else ""
+    section.note(f"measured: seconds per training image (batch {sizes.projection_batch}, {sizes.projection_warmup} "
+                 f"warm-up + {sizes.projection_steps} timed steps) and per forward image of the {len(speeds)} method x "
+                 f"backbone pairs at task 1{last}, of each backbone's first-task step, and per herding pick")
+    section.note("derived: a single network costs the same at every later task; DER/MEMO linearly in the task index "
+                 + ("between tasks 0, 1 and the last" if sizes.last_task else "from tasks 0 and 1 (extrapolated)")
+                 + "; images and epochs per task counted from each run's config")
     section.data.update({"serial_hours": result["serial_seconds"] / 3600, "wall_hours": result["wall_seconds"] / 3600,
                          "speedup": speedup, "runs": len(result["runs"])})
     if not (result["serial_seconds"] > 0 and len(result["runs"]) == len(runs)):
-        section.fail(f"the projection is empty or lost runs: {result['serial_seconds']} s for {len(result['runs'])} runs")
+        section.fail(f"the projection is empty or lost runs: {result['serial_seconds']} s for "
+                     f"{len(result['runs'])} runs")
 
 
 # -- the whole check -------------------------------------------------------------------------------

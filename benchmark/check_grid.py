@@ -53,7 +53,8 @@ def record_problems(experiment_dir: Path, device_type: str) -> list[str]:
         if len(record.get("tasks", [])) != TASKS or not record.get("summary"):
             problems.append(f"{where}: {len(record.get('tasks', []))} tasks recorded (expected {TASKS}) or no summary")
         if record.get("config", {}).get("device_type") != device_type:
-            problems.append(f"{where}: trained as {record.get('config', {}).get('device_type')}, expected {device_type}")
+            trained = record.get("config", {}).get("device_type")
+            problems.append(f"{where}: trained as {trained}, expected {device_type}")
     return problems
 
 
@@ -61,10 +62,12 @@ def resume_problems(stdout: str) -> list[str]:
     """The second command must say that every run is complete and none is left to run."""
     match = RESUME_LINE.search(stdout)
     if not match:
-        return [f"the second command printed no resume line ('N runs: N complete (skipped), ... 0 to run'):\n{stdout[-500:]}"]
+        return ["the second command printed no resume line ('N runs: N complete (skipped), ... 0 to run'):\n"
+                + stdout[-500:]]
     total, complete, to_run = map(int, match.groups())
     if (total, complete, to_run) != (RUNS, RUNS, 0):
-        return [f"the second command found {complete} of {total} complete and {to_run} to run, expected {RUNS}, {RUNS}, 0"]
+        return [f"the second command found {complete} of {total} complete and {to_run} to run, "
+                f"expected {RUNS}, {RUNS}, 0"]
     if "running on" in stdout:
         return ["the second command started workers although every run was complete"]
     return []

@@ -55,7 +55,8 @@ def augmentation_problems(augmentation: Augmentation, images: torch.Tensor, devi
                 "update benchmark/check_parity.py (augmentation_parameters, augment_with) to its new steps"]
     on_device = augment_with(augmentation, images.to(device), parameters)
     problems = []
-    if on_device.is_contiguous(memory_format=torch.channels_last) != on_cpu.is_contiguous(memory_format=torch.channels_last):
+    layouts = [x.is_contiguous(memory_format=torch.channels_last) for x in (on_device, on_cpu)]
+    if layouts[0] != layouts[1]:
         problems.append("the augmented batch's memory layout differs between the CPU and the device")
     difference = (on_device.cpu() - on_cpu).abs().max().item()
     if difference > AUGMENT_TOLERANCE:
@@ -85,7 +86,8 @@ def nme_problems(device: torch.device) -> tuple[list[str], int]:
     clear = (distances[:, 1] - distances[:, 0]) > NME_CLEAR_GAP
     wrong = int(((on_cpu != on_device) & clear).sum())
     if wrong:
-        return [f"NME predictions differ on {wrong} of {int(clear.sum())} images whose nearest mean is clear"], len(features)
+        return [f"NME predictions differ on {wrong} of {int(clear.sum())} images whose nearest mean is clear"], \
+            len(features)
     return [], len(features)
 
 

@@ -118,7 +118,8 @@ class _Worker:
         if line is None:
             self.process.wait()
             tail = self.stderr_path.read_text()[-2000:]
-            raise RuntimeError(f"packing worker {self.index} exited ({self.process.returncode}) before {key!r}:\n{tail}")
+            raise RuntimeError(f"packing worker {self.index} exited ({self.process.returncode}) "
+                               f"before {key!r}:\n{tail}")
         message = json.loads(line)
         if key not in message:
             raise RuntimeError(f"packing worker {self.index} sent {message}, expected {key!r}")

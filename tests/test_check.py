@@ -148,7 +148,8 @@ def test_augmentation_replay_is_augmentation_train():
 
 def test_resume_line_must_say_nothing_is_left():
     assert check_grid.resume_problems("x: 2 runs: 2 complete (skipped), 0 failed (skipped), 0 to run\n") == []
-    assert "1 of 2 complete" in check_grid.resume_problems("2 runs: 1 complete (skipped), 0 failed (skipped), 1 to run")[0]
+    half = "2 runs: 1 complete (skipped), 0 failed (skipped), 1 to run"
+    assert "1 of 2 complete" in check_grid.resume_problems(half)[0]
     assert "no resume line" in check_grid.resume_problems("nothing here")[0]
     started = "2 runs: 2 complete (skipped), 0 failed (skipped), 0 to run\nrunning on 2 worker process(es)"
     assert "started workers" in check_grid.resume_problems(started)[0]
