@@ -210,7 +210,8 @@ def check(device: torch.device, quick: bool, data_root: Path, log: Callable[[str
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmark.check", description=__doc__.split("\n\n")[1])
+    parser = argparse.ArgumentParser(prog="python -m benchmark.check", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cuda[:index] or cpu (default: cuda when available, else cpu)")
     parser.add_argument("--quick", action="store_true", help="the CI smoke size (tiny backbones, few steps)")
