@@ -11,7 +11,6 @@ import argparse
 import os
 import signal
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,9 +20,9 @@ from benchmark import devices
 from benchmark.executors import BACKENDS, DispatchError
 
 if TYPE_CHECKING:
-    from benchmark.config import Experiment
     from benchmark.grid import Run
-    from benchmark.sweep import Failure, Runner
+    from benchmark.request import Target
+    from benchmark.sweep import Failure, Runner, Summary
 
 PLAN_COLUMNS = ["method", "seed", "budget_mb", "backbone", "model_params", "exemplars", "model_bytes",
                 "exemplar_bytes", "total_bytes", "policy", "scenario", "point", "point_label",
@@ -60,100 +59,6 @@ def _mb(value: float | None) -> str:
 
 
 # -- run ------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Target:
-    """A checked `run` request: what to run and where."""
-
-    experiment: Experiment
-    runs: list[Run]
-    experiment_dir: Path
-    gpus: list[int]        # torch's numbers of the GPUs to use; [] = the CPU
-
-
-def check_run_request(args: argparse.Namespace) -> tuple[Target | None, list[str]]:
-    """Every problem of the request at once, before anything runs: config, budgets, data, devices."""
-    from benchmark.config import ConfigError, load_experiment
-
-    problems: list[str] = []
-    experiment = None
-    try:
-        experiment = load_experiment(args.experiment)
-    except ConfigError as error:
-        problems.append(str(error))
-    if experiment is not None:
-        problems += _data_problems(experiment.dataset, args.data_root)
-    gpus, device_problems = devices.check_devices(args.gpus, args.runs_per_gpu, args.workers, args.address)
-    backend_problems = _backend_problems(args)
-    problems += device_problems + backend_problems
-    runs: list[Run] = []
-    if experiment is not None:
-        device_type, type_problems = _device_type(args, gpus, ask_cluster=not backend_problems)
-        runs, grid_problems = _grid(experiment, device_type)
-        problems += type_problems + grid_problems
-    experiment_dir = Path(args.results) / (experiment.name if experiment else "")
-    problems += _run_folder_problems([run.run_id for run in runs], experiment_dir)
-    if problems:
-        return None, problems
-    return Target(experiment, runs, experiment_dir, gpus), []
-
-
-def _device_type(args: argparse.Namespace, gpus: list[int], ask_cluster: bool) -> tuple[str, list[str]]:
-    """"cuda" or "cpu": what the runs will train on (it is part of their identity). A Ray cluster
-    is asked (a connection, kept for the run): with any GPU, each run takes a GPU share
-    (RayExecutor), so "cuda". With a bad address the grid is still checked, as for the CPU."""
-    if not (args.backend == "ray" and args.address and ask_cluster):
-        return ("cuda" if gpus else "cpu"), []
-    from benchmark.executors import cluster_has_gpus
-
-    try:
-        return ("cuda" if cluster_has_gpus(args.address) else "cpu"), []
-    except Exception as error:  # noqa: BLE001 -- whatever Ray says, nothing has run yet
-        return "cpu", [f"--address {args.address}: could not connect to the Ray cluster: {error}"]
-
-
-def _grid(experiment: Experiment, device_type: str) -> tuple[list[Run], list[str]]:
-    from benchmark.grid import expand, precision_problems
-    from budgets.planner import BudgetError
-
-    try:
-        runs = expand(experiment, device_type=device_type)
-    except BudgetError as error:
-        return [], [f"budgets: {error}"]
-    return runs, precision_problems(runs, device_type)
-
-
-def _run_folder_problems(run_ids: list[str], experiment_dir: Path) -> list[str]:
-    """Run folders that would land outside the experiment folder (ids are hex hashes; check anyway)."""
-    root = experiment_dir.resolve()
-    return [f"run {run_id!r} would write outside {root}" for run_id in run_ids
-            if not (root / "runs" / run_id).resolve().is_relative_to(root)]
-
-
-def _data_problems(dataset: str, data_root: str) -> list[str]:
-    """The data set must be there before anything trains; a missing one is downloaded here, once,
-    where torchvision can (CIFAR on a machine with a network), so workers never race to fetch it."""
-    from benchmark.data import DataError, find_dataset_dir, load_dataset
-
-    try:
-        find_dataset_dir(dataset, data_root)
-    except DataError:
-        try:
-            load_dataset(dataset, data_root, download=True)
-        except DataError as error:
-            return [str(error)]
-    return []
-
-
-def _backend_problems(args: argparse.Namespace) -> list[str]:
-    import importlib.util
-
-    if args.backend != "ray":
-        return [f"--address {args.address}: needs --backend ray"] if args.address else []
-    if importlib.util.find_spec("ray") is None:
-        return ["--backend ray: ray is not installed in this environment (pip install 'ray[default]')"]
-    return devices.address_problems(args.address) if args.address else []
-
-
 class Interrupted(KeyboardInterrupt):
     """SIGTERM (a scheduler's or `kill`'s stop), handled as Ctrl-C is."""
 
@@ -166,6 +71,7 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     from benchmark import sweep
+    from benchmark.request import check_run_request
 
     target, problems = check_run_request(args)
     if target is None:
@@ -212,7 +118,7 @@ def _write_grid(target: Target) -> None:
                       {"experiment": target.experiment.name, "cells": plan_rows(target.runs)})
 
 
-def _execute(args: argparse.Namespace, target: Target, runs: list[Run], runner: Runner, where: str):
+def _execute(args: argparse.Namespace, target: Target, runs: list[Run], runner: Runner, where: str) -> Summary:
     from benchmark.executors import open_executor
     from benchmark.sweep import Sweep
 

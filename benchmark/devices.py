@@ -3,14 +3,17 @@
 A slot is one worker process's share of the machine: the environment it starts with (its
 CUDA_VISIBLE_DEVICES, so that it sees exactly one GPU and calls it "cuda:0"), the device string
 the runner uses, and how many CPU threads it may take. The split is pure, so it is tested without
-GPUs; only `visible_gpu_count` asks torch (and `check_devices`, through it).
+GPUs; only `visible_gpu_count` asks torch (and `check_devices`, through it), and `start_ray`
+starts or joins Ray.
 """
 from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,36 @@ def ray_task_resources(nodes: Sequence[Mapping[str, float]], runs_per_gpu: int,
         return max(1, cpus), 1.0 / runs_per_gpu
     smallest = min((int(node.get("CPU", 1)) for node in nodes), default=os.cpu_count() or 1)
     return max(1, smallest // workers), 0.0
+
+
+def python_path() -> str:
+    """The driver's import path for Ray workers (Ray does not pass sys.path on, unlike loky)."""
+    own = [Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve()]
+    entries = [str(Path(p).resolve()) for p in sys.path if p and os.path.isdir(p)]
+    entries = [p for p in entries if not any(Path(p).is_relative_to(prefix) for prefix in own)]
+    return os.pathsep.join(dict.fromkeys([os.getcwd(), *entries]))
+
+
+def start_ray(address: str | None, gpus: list[str]) -> None:
+    """Connect to the cluster at `address`, or start a local instance on `gpus` (no-op if connected)."""
+    import ray
+
+    if ray.is_initialized():  # validation asked the cluster for its GPUs already (benchmark.request)
+        return
+    options = dict(runtime_env={"env_vars": {"PYTHONPATH": python_path()}}, log_to_driver=False)
+    if address:
+        ray.init(address=address, **options)
+        return
+    saved = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if gpus:  # the local raylet hands out exactly the GPUs it sees
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    try:
+        ray.init(address="local", include_dashboard=False, num_cpus=os.cpu_count(), num_gpus=len(gpus), **options)
+    finally:
+        if saved is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = saved
 
 
 def check_devices(gpus_text: str | None, runs_per_gpu: int, workers: int | None,

@@ -1,34 +1,30 @@
 """Where jobs run: worker processes on this machine, Ray tasks, or this process.
 
-The executor protocol (what benchmark.sweep relies on; a new executor, e.g. SLURM through
-submitit, implements exactly this):
+The executor protocol, all that benchmark.sweep uses (a new executor, e.g. SLURM via submitit,
+implements just this):
 
     capacity: int                          jobs it runs at once; the sweep never has more in flight
     running: int                           jobs in flight now (for the progress bar)
-    submit(job: Job) -> Future[Outcome]    a concurrent.futures.Future whose result() is an Outcome
-    close(cancel: bool) -> None            cancel=False: all jobs are done, stop the workers;
-                                           cancel=True: interrupted, kill the jobs in flight
+    submit(job: Job) -> Future[Outcome]    a concurrent.futures.Future; its result() is an Outcome
+    close(cancel: bool) -> None            False: all done, stop the workers; True: interrupted,
+                                           kill the jobs in flight
 
-- The job runs as `call_job(job, device, threads)` wherever it lands; `call_job` turns an
-  exception into a failed Outcome, so a job never raises.
-- A job whose process dies (killed, out of memory, segfault) is the executor's to report, as
-  Outcome(error_type=CRASH); that costs this job only, and the next job gets a fresh process.
-- An Outcome with `replace_worker` (its CUDA context broke) must not be followed by another job
-  in the same process: an executor that reuses processes replaces that one first.
+- A job runs as `call_job(job, device, threads)` where it lands; an exception becomes a failed
+  Outcome. A job whose process dies (killed, out of memory, segfault) the executor reports as
+  Outcome(error_type=CRASH): it costs that job only, and the next job gets a fresh process, as
+  does the next job after an Outcome with `replace_worker` (a broken CUDA context).
 - A job's environment (CUDA_VISIBLE_DEVICES, thread caps) is set before its process imports
-  anything, and the job is told its device and thread count as arguments.
-submitit, for instance, fits as: submit() calls `executor.submit(call_job, job, device, threads)`
-and a thread per job sets the Future from `job.result()`; capacity is the array parallelism.
+  anything; its device and thread count come as arguments.
+With submitit: submit() calls `executor.submit(call_job, job, device, threads)` and a thread
+sets the Future from `job.result()`; capacity is the number of array tasks at once.
 
-Executors here:
-- LocalExecutor ("local", alias "joblib"): per device slot, a loky process pool of one worker
-  (joblib's maintained pool), started with the slot's environment, kept alive across jobs (each
-  CPU worker loads the data set once), and replaced after its worker dies. Workers get the
-  driver's sys.path from loky, so they import this code without any PYTHONPATH; they watch the
-  driver and exit when it dies, even kill -9'd, and log to results/<experiment>/workers/.
+- LocalExecutor ("local", alias "joblib"): per device slot, a loky pool (joblib's) of one worker,
+  started with the slot's environment, kept across jobs (a CPU worker loads the data set once),
+  replaced after its worker dies. Workers get the driver's sys.path from loky (no PYTHONPATH),
+  exit when the driver dies, even kill -9'd, and log to results/<experiment>/workers/.
 - RayExecutor: one Ray task per job, fractional GPUs; a local instance or a running cluster.
-- InlineExecutor ("inline"): in this process, one job at a time, for debugging (pdb works). It
-  cannot replace its process: a run that breaks the CUDA context breaks the ones after it.
+- InlineExecutor ("inline"): in this process, one job at a time, for debugging (pdb works); it
+  cannot replace its process, so a broken CUDA context breaks the runs after it.
 """
 from __future__ import annotations
 
@@ -43,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .devices import Slot, physical_ids, ray_task_resources, worker_slots
+from .devices import Slot, physical_ids, ray_task_resources, start_ray, worker_slots
 
 BACKENDS = ("local", "joblib", "ray", "inline")   # "joblib" is accepted for "local" (its first name)
 CRASH = "WorkerCrashedError"   # error type of a job whose process died (killed, out of memory, segfault)
@@ -91,12 +87,6 @@ def context_broken(value: Any) -> bool:
     return isinstance(error, dict) and error.get("cuda_context_broken") is True
 
 
-def _done(outcome: Outcome) -> Future:
-    future: Future = Future()
-    future.set_result(outcome)
-    return future
-
-
 # -- local worker processes ----------------------------------------------------------------------
 def worker_setup(driver_pid: int, log_path: str) -> None:
     """A worker's first act (loky initializer): output to its log, and die with the driver."""
@@ -127,11 +117,17 @@ class _Lane:
         self.busy = self.stale = False
 
     def submit(self, job: Job) -> Future:
+        from joblib.externals.loky.process_executor import BrokenProcessPool
+
         if self.pool is None or self.stale:
             self._renew()
-        self.busy = True
+        self.busy = True  # before submitting: a quick job may settle (and free the lane) at once
+        try:
+            inner = self.pool.submit(call_job, job, self.slot.device, self.slot.threads)
+        except BrokenProcessPool:  # its worker died while idle (killed between jobs): a new one
+            self._renew()
+            inner = self.pool.submit(call_job, job, self.slot.device, self.slot.threads)
         outer: Future = Future()
-        inner = self.pool.submit(call_job, job, self.slot.device, self.slot.threads)
         inner.add_done_callback(lambda done: self._settle(job, done, outer))
         return outer
 
@@ -213,11 +209,13 @@ class InlineExecutor:
         self.slot, self.running = slot, 0
 
     def submit(self, job: Job) -> Future:
+        future: Future = Future()
         self.running = 1
         try:
-            return _done(call_job(job, self.slot.device, self.slot.threads))
+            future.set_result(call_job(job, self.slot.device, self.slot.threads))
         finally:
             self.running = 0
+        return future
 
     def close(self, cancel: bool = False) -> None:
         pass
@@ -239,16 +237,15 @@ class RayExecutor:
         gpu_slots = sum(int(n.get("GPU", 0)) for n in nodes) * runs_per_gpu
         self.capacity = gpu_slots if self.num_gpus else sum(int(n.get("CPU", 1)) // self.num_cpus for n in nodes)
         # A fresh process per GPU task: it frees the GPU's memory, a broken CUDA context dies with
-        # it, and a reused process that had initialized CUDA on another GPU could not follow the
-        # new CUDA_VISIBLE_DEVICES.
+        # it, and a process that had initialized CUDA could not follow a new CUDA_VISIBLE_DEVICES.
         self.task = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=0,
                                max_calls=1 if self.num_gpus else 0)(call_job)
         self.running = 0
 
     def submit(self, job: Job) -> Future:
         outer: Future = Future()
-        inner = self.task.remote(job, "cuda:0" if self.num_gpus else "cpu", self.num_cpus).future()
         self.running += 1
+        inner = self.task.remote(job, "cuda:0" if self.num_gpus else "cpu", self.num_cpus).future()
         inner.add_done_callback(lambda done: self._settle(job, done, outer))
         return outer
 
@@ -264,45 +261,6 @@ class RayExecutor:
 
     def close(self, cancel: bool = False) -> None:
         self.ray.shutdown()  # stops a local instance and its tasks; only disconnects from a cluster
-
-
-def python_path() -> str:
-    """The driver's import path for Ray workers (Ray does not pass sys.path on, unlike loky)."""
-    own = [Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve()]
-    entries = [str(Path(p).resolve()) for p in sys.path if p and os.path.isdir(p)]
-    entries = [p for p in entries if not any(Path(p).is_relative_to(prefix) for prefix in own)]
-    return os.pathsep.join(dict.fromkeys([os.getcwd(), *entries]))
-
-
-def start_ray(address: str | None, gpus: list[str]) -> None:
-    """Connect to the cluster at `address`, or start a local instance on `gpus` (no-op if connected)."""
-    import ray
-
-    if ray.is_initialized():  # validation asked the cluster for its GPUs already
-        return
-    options = dict(runtime_env={"env_vars": {"PYTHONPATH": python_path()}}, log_to_driver=False)
-    if address:
-        ray.init(address=address, **options)
-        return
-    saved = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if gpus:  # the local raylet hands out exactly the GPUs it sees
-        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-    try:
-        ray.init(address="local", include_dashboard=False, num_cpus=os.cpu_count(), num_gpus=len(gpus), **options)
-    finally:
-        if saved is None:
-            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-        else:
-            os.environ["CUDA_VISIBLE_DEVICES"] = saved
-
-
-def cluster_has_gpus(address: str) -> bool:
-    """Connect to the Ray cluster at `address` (the connection stays for the run) and say whether
-    it has GPUs: the grid is then planned for CUDA."""
-    import ray
-
-    start_ray(address, [])
-    return ray.cluster_resources().get("GPU", 0) > 0
 
 
 def open_executor(backend: str, gpus: list[int], runs_per_gpu: int, workers: int, address: str | None,

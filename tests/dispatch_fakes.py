@@ -12,8 +12,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from benchmark.sweep import Runner
-from benchmark.grid import Run
+
+if TYPE_CHECKING:  # not at run time: workers that get no Run need not load torch (the grid imports it)
+    from benchmark.grid import Run
 
 
 def first_task_key(run: Run) -> str:
@@ -125,14 +129,17 @@ def unwritable_failure(run: Run, experiment_dir: Path, error_type: str, message:
 
 
 def worker_facts(device: str, threads: int, exit_code: int | None = None, broken: bool = False,
-                 sleep: float = 0.0) -> dict:
-    """A job that reports its process; it may kill that process first (`exit_code`), sleep, or
-    report a broken CUDA context as the runner does."""
+                 sleep: float = 0.0, torch_threads: bool = False) -> dict:
+    """A job that reports its process (and torch's thread count, if asked: loading torch takes
+    seconds); it may kill that process first (`exit_code`), sleep, or report a broken CUDA context
+    as the runner does."""
     if exit_code is not None:
         os._exit(exit_code)
     time.sleep(sleep)
-    error = {"type": "AcceleratorError", "cuda_context_broken": True} if broken else None
-    import torch  # its thread pool is sized from OMP_NUM_THREADS when it loads
+    facts = {"pid": os.getpid(), **_environment(device, threads),
+             "error": {"type": "AcceleratorError", "cuda_context_broken": True} if broken else None}
+    if torch_threads:
+        import torch  # its thread pool is sized from OMP_NUM_THREADS when it loads
 
-    return {"pid": os.getpid(), "error": error, "torch_threads": torch.get_num_threads(),
-            **_environment(device, threads)}
+        facts["torch_threads"] = torch.get_num_threads()
+    return facts

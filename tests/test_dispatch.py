@@ -25,7 +25,7 @@ from types import SimpleNamespace
 import pytest
 
 import run_all
-from benchmark import devices, locks, sweep
+from benchmark import devices, locks, request, sweep
 from benchmark.config import load_experiment
 from benchmark.devices import Slot, check_devices, physical_ids, ray_task_resources, worker_slots
 from benchmark.executors import Job, LocalExecutor
@@ -110,7 +110,7 @@ def test_ray_tasks_take_a_gpu_share_and_fit_every_gpu_node():
 
 
 def test_run_folders_must_stay_inside_the_experiment_folder(tmp_path):
-    problems = run_all._run_folder_problems(["0123456789ab", "../../elsewhere"], tmp_path / "results" / "tiny")
+    problems = request.run_folder_problems(["0123456789ab", "../../elsewhere"], tmp_path / "results" / "tiny")
     assert len(problems) == 1 and "'../../elsewhere' would write outside" in problems[0]
 
 
@@ -341,17 +341,19 @@ def test_runs_and_first_tasks_held_by_another_process_are_waited_for_not_redone(
     done = tmp_path / "done"
     holders = [hold_lock(locks.first_task_lock_path(results, key), done),
                hold_lock(locks.run_lock_path(results / "tiny", runs["replay"].run_id), done)]
-    other = ExecuteRun(tmp_path / "other.txt")
+    other, journal = ExecuteRun(tmp_path / "other.txt"), tmp_path / "journal.txt"
 
-    def finish_elsewhere():  # the other process's work, then its locks go
-        time.sleep(1.0)
+    def finish_elsewhere():  # the other process's work, once this sweep has begun; then its locks go
+        deadline = time.monotonic() + 60
+        while not executed(journal, "first_task") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
         (results / "first_task").mkdir(parents=True, exist_ok=True)
         (results / "first_task" / f"{key}.pt").write_text("model")
         other(runs["replay"], results / "tiny", results, "cpu", cifar_root, 1)
         done.touch()
 
     monkeypatch.setattr(sweep, "RETRY_SECONDS", 0.2)
-    journal = tmp_path / "journal.txt"
     with ThreadPoolExecutor(1) as background:
         finishing = background.submit(finish_elsewhere)
         result = run_cli(fake_runner(journal), experiment, results, cifar_root, "--gpus", "cpu",
@@ -376,7 +378,7 @@ def test_a_local_worker_lives_on_and_is_replaced_after_a_crash_or_a_broken_cuda_
         def call(**kwargs):
             return executor.submit(Job("job", "tag", worker_facts, kwargs)).result(timeout=60)
 
-        first, second = call().value, call().value
+        first, second = call(torch_threads=True).value, call().value
         assert first["pid"] == second["pid"]  # long-lived: the data set a worker loaded stays loaded
         # The slot's environment was there before torch loaded: its thread pool follows it.
         assert (first["omp"], first["cuda_visible_devices"], first["torch_threads"]) == ("1", "", 1)
