@@ -70,6 +70,20 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    """Check, then run the grid; Ctrl-C or SIGTERM at any point stops the workers and exits 130 / 143."""
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _run(args)
+    except KeyboardInterrupt as interruption:
+        number = getattr(interruption, "signum", signal.SIGINT)
+        print(f"\ninterrupted ({signal.Signals(number).name}): workers stopped; the same command resumes "
+              "(runs without a record run again)", file=sys.stderr)
+        return INTERRUPTED[number]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     from benchmark import sweep
     from benchmark.request import check_run_request
 
@@ -86,19 +100,11 @@ def run_command(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _print_dry_run(resume.to_run, runner, where)
     _write_grid(target)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         summary = _execute(args, target, resume.to_run, runner, where) if resume.to_run else sweep.Summary()
-    except KeyboardInterrupt as interruption:
-        number = getattr(interruption, "signum", signal.SIGINT)
-        print(f"\ninterrupted ({signal.Signals(number).name}): workers stopped; the same command resumes "
-              "(runs without a record run again)", file=sys.stderr)
-        return INTERRUPTED[number]
     except DispatchError as error:  # the executor could not start: nothing ran
         print(f"error: {error}", file=sys.stderr)
         return 2
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     if summary.elsewhere:
         print(f"{summary.elsewhere} run(s) were run meanwhile by another process on this experiment")
     failures = summary.failures + [sweep.recorded_failure(run, target.experiment_dir) for run in resume.failed]

@@ -142,12 +142,11 @@ class Sweep:
                  retry_seconds: float | None = None):
         self.experiment_dir, self.executor, self.runner = Path(experiment_dir), executor, runner
         self.retry_seconds = RETRY_SECONDS if retry_seconds is None else retry_seconds
-        self.groups = group_by_first_task(runs, runner)
         paths = {"results_root": Path(results_root).resolve(), "data_root": Path(data_root).resolve()}
         firsts = [_Entry(Job(f"first task {key}", key, locks.claim_first_task,
                              {"train": runner.train_first_task, "key": key, "run": group[0], **paths}),
                          locks.first_task_lock_path(paths["results_root"], key), None, 0)
-                  for key, group in self.groups.items()]
+                  for key, group in group_by_first_task(runs, runner).items()]
         ordered = sorted(runs, key=expected_cost, reverse=True)
         self.queue = firsts + [self._run_entry(run, paths, options or {}) for run in ordered]
         for rank, entry in enumerate(self.queue):
@@ -171,8 +170,8 @@ class Sweep:
         try:
             while self.queue or self.flight:
                 self._fill()
-                if not self.flight:  # all that is left is held by another process
-                    wake = min(entry.not_before for entry in self.queue)
+                if not self.flight:  # all that is left (if anything) is held by another process
+                    wake = min((entry.not_before for entry in self.queue), default=0.0)
                     time.sleep(min(self.retry_seconds, max(0.05, wake - time.monotonic())))
                     continue
                 # A bounded wait, so that Ctrl-C and SIGTERM are handled promptly on every platform.
@@ -194,7 +193,10 @@ class Sweep:
                 entry.not_before = now + self.retry_seconds
                 continue
             self.queue.remove(entry)
-            self.flight[self.executor.submit(entry.job)] = entry
+            try:
+                self.flight[self.executor.submit(entry.job)] = entry
+            except Exception as error:  # noqa: BLE001 -- e.g. no process could be started: this job fails
+                self._settle(entry, Outcome(error_type=type(error).__name__, message=f"not started: {error}"))
             self.progress.refresh()
 
     def _settle(self, entry: _Entry, outcome: Outcome) -> None:
@@ -237,11 +239,14 @@ class Sweep:
         self.progress.step(done=failure is None, failed=failure is not None)
 
     def _write_failure(self, run: Run, error_type: str, message: str, traceback_text: str) -> None:
-        try:
-            self.runner.write_failed_record(run, self.experiment_dir, error_type, message, traceback_text)
-        except Exception as error:  # noqa: BLE001 -- reported; the run stays without a record and reruns
-            self.progress.write(f"warning: the failure of run {run.run_id} ({error_type}) could not be "
-                                f"recorded: {type(error).__name__}: {error}")
+        with locks.try_lock(locks.run_lock_path(self.experiment_dir, run.run_id)) as taken:
+            if not taken:  # another process has taken the run up since: its record will tell
+                return
+            try:
+                self.runner.write_failed_record(run, self.experiment_dir, error_type, message, traceback_text)
+            except Exception as error:  # noqa: BLE001 -- reported; the run stays without a record and reruns
+                self.progress.write(f"warning: the failure of run {run.run_id} ({error_type}) could not be "
+                                    f"recorded: {type(error).__name__}: {error}")
 
 
 def _outcome(future: Future) -> Outcome:

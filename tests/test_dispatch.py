@@ -28,7 +28,7 @@ import run_all
 from benchmark import devices, locks, request, sweep
 from benchmark.config import load_experiment
 from benchmark.devices import Slot, check_devices, physical_ids, ray_task_resources, worker_slots
-from benchmark.executors import Job, LocalExecutor
+from benchmark.executors import InlineExecutor, Job, LocalExecutor
 from benchmark.grid import expand
 from dispatch_fakes import (ExecuteRun, fake_runner, read_journal, read_record, unwritable_failure,
                             worker_facts)
@@ -367,6 +367,25 @@ def test_runs_and_first_tasks_held_by_another_process_are_waited_for_not_redone(
     assert [e["key"] for e in read_journal(journal) if e["job"] == "first_task_loaded"] == [key]
     assert "1 run(s) were run meanwhile by another process" in result.out
     assert read_record(results / "tiny", runs["replay"].run_id)["status"] == "complete"
+
+
+def test_a_job_the_executor_cannot_start_fails_alone(tmp_path, cifar_root):
+    runs = expand(load_experiment(write_experiment(tmp_path, methods="[finetune, replay]", budgets="[4]")))
+    victim = runs[0].run_id
+
+    class Refusing(InlineExecutor):  # e.g. no process could be started for this one job
+        def submit(self, job: Job):
+            if job.tag == victim:
+                raise OSError("[Errno 24] Too many open files")
+            return super().submit(job)
+
+    journal, experiment_dir = tmp_path / "journal.txt", tmp_path / "results" / "tiny"
+    summary = sweep.Sweep(runs, experiment_dir, tmp_path / "results", cifar_root, Refusing(Slot({}, "cpu", 1)),
+                          fake_runner(journal)).run()
+    assert [(f.run.run_id, f.error_type) for f in summary.failures] == [(victim, "OSError")]
+    record = read_record(experiment_dir, victim)
+    assert record["status"] == "failed" and record["error"]["message"] == "not started: [Errno 24] Too many open files"
+    assert executed(journal) == [runs[1].run_id] and read_record(experiment_dir, runs[1].run_id)["status"] == "complete"
 
 
 # -- local worker processes --------------------------------------------------------------------
