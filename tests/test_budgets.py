@@ -133,3 +133,19 @@ def test_imagenet_budgets_use_imagenet_image_size():
     cells = cells_by(plan(["replay", "der"], "fair", ctx))
     replay = next(c for (m, _), c in cells.items() if m == "replay")
     assert replay.exemplars == 2000 + (10 * 11_176_512 * 4) // 150_528
+
+
+def test_default_bench_puts_model_memory_against_exemplars():
+    """The `make bench` curve must show the trade-off the suite measures: at its last point DER's and
+    MEMO's models hold at least half of the budget, and the curve spans at least 3x in memory."""
+    from benchmark.config import load_experiment
+    from benchmark.grid import expand
+
+    runs = expand(load_experiment("benchmark/configs/cifar100_b0inc20_cpu.yaml"))
+    cells = [cell for run in runs for cell in run.cells if cell.budget_bytes is not None]
+    budgets = sorted({cell.budget_bytes for cell in cells})
+    assert budgets[-1] / budgets[0] >= 3
+    last = {cell.method: cell for cell in cells if cell.budget_bytes == budgets[-1]}
+    for method in ("der", "memo"):
+        assert last[method].model_bytes / budgets[-1] >= 0.5, method
+        assert last[method].total_bytes <= budgets[-1]
