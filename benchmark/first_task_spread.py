@@ -64,13 +64,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data-root", type=Path,
                         default=Path(os.environ.get("CIL_DATA_ROOT", "../shared/data/cifar100")))
     parser.add_argument("--json", type=Path, help="also write the per-seed numbers here")
+    parser.add_argument("--verbose", action="store_true", help="print the engine's per-epoch log lines")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     accuracies = {}
     for seed in args.seeds:
         started = time.perf_counter()
-        accuracies[seed] = first_task_accuracy(spread_run(seed, args.backbone, args.class_seed),
-                                               args.data_root, args.device)
+        accuracies[seed] = first_task_accuracy(spread_run(seed, args.backbone, args.class_seed), args.data_root,
+                                               args.device, log=print if args.verbose else lambda line: None)
         print(f"network_seed {seed}: CNN top-1 {accuracies[seed]:.2f}% ({time.perf_counter() - started:.0f}s)",
               flush=True)
     stats = summary(accuracies)

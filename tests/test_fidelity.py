@@ -254,3 +254,17 @@ def test_normalization_constants_are_pycils():
     assert DATASETS["cifar100"].std == (0.2675, 0.2565, 0.2761)
     assert DATASETS["imagenet100"].mean == (0.485, 0.456, 0.406)
     assert DATASETS["imagenet100"].std == (0.229, 0.224, 0.225)
+
+
+# -- 5. the first-task spread script ---------------------------------------------------------------
+def test_first_task_spread_summary_and_run():
+    from benchmark.first_task_spread import spread_run, summary
+    stats = summary({1: 10.0, 2: 20.0, 3: 36.0})
+    # sample std: sqrt((12^2 + 2^2 + 14^2) / (3 - 1)) = sqrt(172) = 13.114877
+    assert (stats["mean"], stats["min"], stats["max"]) == (22.0, 10.0, 36.0)
+    assert stats["std"] == pytest.approx(13.114877, abs=1e-6)
+    assert summary({5: 30.0})["std"] == 0.0
+    run = spread_run(4, "resnet32", 1993)
+    assert (run.network_seed, run.seed, run.scenario, run.backbone) == (4, 1993, "B0Inc20", "resnet32")
+    assert (run.training["images_per_class"], run.training["test_images_per_class"]) == (50, 40)
+    assert run.training["first_task"]["epochs"] == 20 and list(run.training["first_task"]["milestones"]) == [14, 18]
