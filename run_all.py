@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 # Only light modules at the top: `--help` must answer without importing torch (the registry, the
 # planner and the runner import it), so each command imports what it needs when it runs.
-from benchmark import devices
+from benchmark import devices, slurm
 from benchmark.executors import BACKENDS, DispatchError
 
 if TYPE_CHECKING:
@@ -95,7 +95,8 @@ def _run(args: argparse.Namespace) -> int:
     runner = sweep.default_runner()
     resume = sweep.sort_by_status(target.runs, target.experiment_dir, runner, args.retry_failed)
     workers = args.workers or devices.default_cpu_workers()
-    where = devices.describe_placement(args.backend, target.gpus, args.runs_per_gpu, workers, args.address)
+    where = (slurm.describe(slurm.resolve(target.experiment.slurm, args)) if args.backend == "slurm" else
+             devices.describe_placement(args.backend, target.gpus, args.runs_per_gpu, workers, args.address))
     print(f"{target.experiment.name}: {resume.line()}")
     if args.dry_run:
         return _print_dry_run(resume.to_run, runner, where)
@@ -126,12 +127,15 @@ def _write_grid(target: Target) -> None:
 
 def _execute(args: argparse.Namespace, target: Target, runs: list[Run], runner: Runner, where: str) -> Summary:
     from benchmark.executors import open_executor
+    from benchmark.ray_executor import NodeCheck
     from benchmark.sweep import Sweep
 
     print(f"running on {where}; results in {target.experiment_dir}")
     workers = args.workers or devices.default_cpu_workers()
+    node_check = NodeCheck(target.experiment.dataset, Path(args.data_root).resolve(), Path(args.results).resolve())
     executor = open_executor(args.backend, target.gpus, args.runs_per_gpu, workers, args.address,
-                             target.experiment_dir / "workers")
+                             target.experiment_dir, node_check, args.ray_shared_fs,
+                             slurm.resolve(target.experiment.slurm, args))
     finished = False
     try:
         summary = Sweep(runs, target.experiment_dir, Path(args.results), Path(args.data_root), executor, runner,
@@ -225,15 +229,19 @@ def _add_run_parser(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--workers", type=int, help="runs at once on the CPU, cores split between them (default: one per core, at most 8)")
     run.add_argument("--backend", choices=BACKENDS, default="local",
                      help="local (or joblib): worker processes on this machine (default); ray: Ray tasks, "
-                          "local or on a cluster (--address); inline: in this process, one at a time, "
-                          "for debugging")
+                          "local or on a cluster (--address); slurm: SLURM job arrays through submitit "
+                          "(--slurm-* options); inline: in this process, one at a time, for debugging")
     run.add_argument("--address", help="HOST:PORT of a running Ray cluster (with --backend ray)")
+    run.add_argument("--ray-shared-fs", action=argparse.BooleanOptionalAction,
+                     help="whether every Ray node sees this machine's results root (default: found out by "
+                          "checking each node); without, models and records travel through Ray")
     run.add_argument("--retry-failed", action="store_true", help="run again the runs recorded as failed")
     run.add_argument("--keep-checkpoints", action="store_true",
                      help="keep each complete run's last checkpoint (by default only failed or interrupted "
                           "runs keep theirs, to go on from it)")
     run.add_argument("--dry-run", "--only-plan-check", dest="dry_run", action="store_true",
                      help="validate and print what would run, then stop")
+    slurm.add_arguments(run)
     run.set_defaults(handler=run_command)
 
 

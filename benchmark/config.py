@@ -27,6 +27,7 @@ from methods.exemplars import SELECTIONS
 
 from .data import DATASETS, Scenario
 from .profiles import Profile, TrainingOverride, milestone_notes, profile_names, resolve_profile
+from .slurm import SlurmOptions
 from .validation import (STRICT_MODEL, ConfigError, ConfigWarning, MethodName, MethodOptions, NonNegativeInt,
                          Seed, choice, finite, problems_of, unique_tuple)
 
@@ -108,6 +109,8 @@ class ExperimentFile(BaseModel):
         default_factory=dict, description="per-method options over the profile's, e.g. {memo: {train_base: false}}")
     training: TrainingOverride = Field(
         default_factory=TrainingOverride, description="changes to the profile's fields")
+    slurm: SlurmOptions = Field(default_factory=SlurmOptions, description="resources of each SLURM job with "
+                                "run --backend slurm; the command line's --slurm-* options win")
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,7 @@ class Experiment:
     min_exemplars: int | None = None
     exemplar_selection: str = "herding"
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # profile's, then the file's
+    slurm: SlurmOptions = field(default_factory=SlurmOptions)   # --backend slurm's resources; no run's identity
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

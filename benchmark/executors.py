@@ -1,13 +1,19 @@
-"""Where jobs run: worker processes on this machine, Ray tasks, or this process.
+"""Where jobs run: worker processes on this machine, Ray tasks, SLURM jobs, or this process.
 
-The executor protocol, all that benchmark.sweep uses (a new executor, e.g. SLURM via submitit,
-implements just this):
+The executor protocol, all that benchmark.sweep uses (a new executor implements just this):
 
     capacity: int                          jobs it runs at once; the sweep never has more in flight
     running: int                           jobs in flight now (for the progress bar)
     submit(job: Job) -> Future[Outcome]    a concurrent.futures.Future; its result() is an Outcome
     close(cancel: bool) -> None            False: all done, stop the workers; True: interrupted,
                                            kill the jobs in flight
+  optional:
+    flush() -> None                        submit() may hold jobs back to send them together (SLURM:
+                                           one job array); the sweep calls flush() after each round
+    shares_filesystem: bool                whether jobs see the driver's results root (default True);
+                                           False: jobs return what they wrote, and the sweep keeps it
+    put(value) -> handle                   with shares_filesystem False: a value (a first-task model's
+                                           bytes) made available to later jobs (Ray: the object store)
 
 - A job runs as `call_job(job, device, threads)` where it lands; an exception becomes a failed
   Outcome. A job whose process dies (killed, out of memory, segfault) the executor reports as
@@ -15,14 +21,14 @@ implements just this):
   does the next job after an Outcome with `replace_worker` (a broken CUDA context).
 - A job's environment (CUDA_VISIBLE_DEVICES, thread caps) is set before its process imports
   anything; its device and thread count come as arguments.
-With submitit: submit() calls `executor.submit(call_job, job, device, threads)` and a thread
-sets the Future from `job.result()`; capacity is the number of array tasks at once.
 
 - LocalExecutor ("local", alias "joblib"): per device slot, a loky pool (joblib's) of one worker,
   started with the slot's environment, kept across jobs (a CPU worker loads the data set once),
   replaced after its worker dies. Workers get the driver's sys.path from loky (no PYTHONPATH),
   exit when the driver dies, even kill -9'd, and log to results/<experiment>/workers/.
-- RayExecutor: one Ray task per job, fractional GPUs; a local instance or a running cluster.
+- RayExecutor (benchmark.ray_executor): one Ray task per job, fractional GPUs; a local instance or
+  a running cluster, checked node by node first, with or without a shared filesystem.
+- SlurmExecutor (benchmark.slurm): one SLURM array task per job, through submitit.
 - InlineExecutor ("inline"): in this process, one job at a time, for debugging (pdb works); it
   cannot replace its process, so a broken CUDA context breaks the runs after it.
 """
@@ -37,11 +43,15 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .devices import Slot, physical_ids, ray_task_resources, start_ray, worker_slots
+from .devices import Slot, physical_ids, worker_slots
 
-BACKENDS = ("local", "joblib", "ray", "inline")   # "joblib" is accepted for "local" (its first name)
+if TYPE_CHECKING:
+    from .ray_executor import NodeCheck, RayExecutor
+    from .slurm import SlurmExecutor, SlurmOptions
+
+BACKENDS = ("local", "joblib", "ray", "slurm", "inline")   # "joblib" is accepted for "local" (its first name)
 CRASH = "WorkerCrashedError"   # error type of a job whose process died (killed, out of memory, segfault)
 WATCH_SECONDS = 0.5            # how often a worker checks that its driver is alive
 
@@ -221,54 +231,22 @@ class InlineExecutor:
         pass
 
 
-class RayExecutor:
-    """One Ray task per job: 1/runs_per_gpu of a GPU each (Ray sets CUDA_VISIBLE_DEVICES), or CPUs."""
-
-    def __init__(self, address: str | None, gpus: list[str], runs_per_gpu: int, workers: int):
-        import ray
-
-        self.ray = ray
-        try:
-            start_ray(address, gpus)
-        except Exception as error:  # noqa: BLE001 -- whatever Ray says, nothing has run yet
-            raise DispatchError(f"Ray did not start ({address or 'local instance'}): {error}") from error
-        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
-        self.num_cpus, self.num_gpus = ray_task_resources(nodes, runs_per_gpu, workers)
-        gpu_slots = sum(int(n.get("GPU", 0)) for n in nodes) * runs_per_gpu
-        self.capacity = gpu_slots if self.num_gpus else sum(int(n.get("CPU", 1)) // self.num_cpus for n in nodes)
-        # A fresh process per GPU task: it frees the GPU's memory, a broken CUDA context dies with
-        # it, and a process that had initialized CUDA could not follow a new CUDA_VISIBLE_DEVICES.
-        self.task = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=0,
-                               max_calls=1 if self.num_gpus else 0)(call_job)
-        self.running = 0
-
-    def submit(self, job: Job) -> Future:
-        outer: Future = Future()
-        self.running += 1
-        inner = self.task.remote(job, "cuda:0" if self.num_gpus else "cpu", self.num_cpus).future()
-        inner.add_done_callback(lambda done: self._settle(job, done, outer))
-        return outer
-
-    def _settle(self, job: Job, done: Future, outer: Future) -> None:
-        try:
-            outcome = done.result()
-        except self.ray.exceptions.WorkerCrashedError as error:  # the task's process died
-            outcome = Outcome(error_type=CRASH, message=f"the Ray worker running {job.name} died: {error}")
-        except Exception as error:  # noqa: BLE001 -- Ray lost the task some other way
-            outcome = Outcome(error_type=type(error).__name__, message=f"{job.name}: {error}")
-        self.running -= 1
-        outer.set_result(outcome)
-
-    def close(self, cancel: bool = False) -> None:
-        self.ray.shutdown()  # stops a local instance and its tasks; only disconnects from a cluster
-
-
 def open_executor(backend: str, gpus: list[int], runs_per_gpu: int, workers: int, address: str | None,
-                  log_dir: Path) -> LocalExecutor | RayExecutor | InlineExecutor:
-    """The executor of `backend` on torch's devices `gpus` ([] = the CPU)."""
+                  experiment_dir: Path, node_check: NodeCheck | None = None, shared_fs: bool | None = None,
+                  slurm: SlurmOptions | None = None) -> LocalExecutor | RayExecutor | SlurmExecutor | InlineExecutor:
+    """The executor of `backend` on torch's devices `gpus` ([] = the CPU); its logs go below
+    `experiment_dir` (workers/, slurm/). Ray: `node_check` is what each node of a cluster is
+    checked for, `shared_fs` None means found out. SLURM: `slurm` holds the jobs' resources."""
     physical = physical_ids(gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if backend == "slurm":
+        from .slurm import SlurmOptions, open_slurm  # late: submitit loads only for this backend
+
+        return open_slurm(slurm or SlurmOptions(), Path(experiment_dir))
     if backend == "ray":
-        return RayExecutor(address, physical, runs_per_gpu, workers)
+        from .ray_executor import RayExecutor  # late: imports ray only for this backend
+
+        return RayExecutor(address, physical, runs_per_gpu, workers, node_check, shared_fs)
     if backend == "inline":  # this process sees every GPU, so it names the device itself
         return InlineExecutor(Slot({}, f"cuda:{gpus[0]}" if gpus else "cpu", os.cpu_count() or 1))
-    return LocalExecutor(worker_slots(physical, runs_per_gpu, workers, os.cpu_count() or 1), log_dir)
+    return LocalExecutor(worker_slots(physical, runs_per_gpu, workers, os.cpu_count() or 1),
+                         Path(experiment_dir) / "workers")

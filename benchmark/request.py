@@ -4,7 +4,7 @@ devices, backend), each with its fix, so that a grid never fails run after run o
 The grid is expanded for the device type the runs will train on, which is part of each run's
 identity (a CPU record never stands in for a CUDA run): "cuda" with local GPUs; on a Ray cluster
 (--address) the cluster is asked, and "cuda" when it has any GPU, since each run then takes a GPU
-share (benchmark.executors.RayExecutor).
+share (benchmark.ray_executor.RayExecutor); on SLURM, "cuda" when each job gets a GPU (benchmark.slurm).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import devices
+from . import devices, slurm
 
 if TYPE_CHECKING:
     from .config import Experiment
@@ -44,11 +44,11 @@ def check_run_request(args: argparse.Namespace) -> tuple[Target | None, list[str
     if experiment is not None:
         problems += data_problems(experiment.dataset, args.data_root, download=not args.dry_run)
     gpus, device_problems = devices.check_devices(args.gpus, args.runs_per_gpu, args.workers, args.address)
-    backend_problems = _backend_problems(args)
+    backend_problems = _backend_problems(args) + slurm.request_problems(args, experiment)
     problems += device_problems + backend_problems
     runs: list[Run] = []
     if experiment is not None:
-        device_type, type_problems = _device_type(args, gpus, ask_cluster=not backend_problems)
+        device_type, type_problems = _device_type(args, gpus, not backend_problems, experiment)
         runs, grid_problems = _grid(experiment, device_type)
         problems += type_problems + grid_problems
     experiment_dir = Path(args.results) / (experiment.name if experiment else "")
@@ -58,9 +58,12 @@ def check_run_request(args: argparse.Namespace) -> tuple[Target | None, list[str
     return Target(experiment, runs, experiment_dir, gpus), []
 
 
-def _device_type(args: argparse.Namespace, gpus: list[int], ask_cluster: bool) -> tuple[str, list[str]]:
+def _device_type(args: argparse.Namespace, gpus: list[int], ask_cluster: bool,
+                 experiment: Experiment) -> tuple[str, list[str]]:
     """"cuda" or "cpu" (see the module docstring). The cluster connection stays open for the run.
     With a bad address the grid is still checked, as for the CPU."""
+    if args.backend == "slurm":
+        return slurm.device_type(args, experiment), []
     if not (args.backend == "ray" and args.address and ask_cluster):
         return ("cuda" if gpus else "cpu"), []
     try:
@@ -106,7 +109,10 @@ def data_problems(dataset: str, data_root: str, download: bool) -> list[str]:
 
 def _backend_problems(args: argparse.Namespace) -> list[str]:
     if args.backend != "ray":
-        return [f"--address {args.address}: needs --backend ray"] if args.address else []
+        problems = [f"--address {args.address}: needs --backend ray"] if args.address else []
+        if args.ray_shared_fs is not None:
+            problems.append(f"--{'' if args.ray_shared_fs else 'no-'}ray-shared-fs: needs --backend ray")
+        return problems
     if importlib.util.find_spec("ray") is None:
         return ["--backend ray: ray is not installed in this environment (pip install 'ray[default]')"]
     return devices.address_problems(args.address) if args.address else []

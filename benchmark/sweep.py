@@ -11,6 +11,9 @@ a job runs is the executor's business (benchmark.executors, whose docstring has 
 - Sharing: a job whose lock another process holds (another `run` of the same experiment) is put
   back and tried again later; a run that process has finished meanwhile is not run again
   (benchmark.locks).
+- No shared disk (an executor whose `shares_filesystem` is False, benchmark.ray_executor): the
+  first-task models travel through the executor's store (`put`) and the records come back in
+  the Outcomes; the sweep writes them where the report reads them.
 - Failures: a failed job never stops the sweep. A run that failed without writing its record (its
   worker died) gets one written here; the runs of a first task that failed fail with it; a record
   that cannot be written is reported, and the sweep goes on.
@@ -22,7 +25,8 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -142,8 +146,10 @@ class Sweep:
                  retry_seconds: float | None = None):
         self.experiment_dir, self.executor, self.runner = Path(experiment_dir), executor, runner
         self.retry_seconds = RETRY_SECONDS if retry_seconds is None else retry_seconds
+        self.shared = getattr(executor, "shares_filesystem", True)
+        self.models: dict[str, Any] = {}  # no shared disk: first-task models in the executor's store, by key
         paths = {"results_root": Path(results_root).resolve(), "data_root": Path(data_root).resolve()}
-        firsts = [_Entry(Job(f"first task {key}", key, locks.claim_first_task,
+        firsts = [_Entry(Job(f"first task {key}", key, self._claim("first_task_on_node", locks.claim_first_task),
                              {"train": runner.train_first_task, "key": key, "run": group[0], **paths}),
                          locks.first_task_lock_path(paths["results_root"], key), None, 0)
                   for key, group in group_by_first_task(runs, runner).items()]
@@ -161,15 +167,30 @@ class Sweep:
         folder = self.experiment_dir.resolve()
         kwargs = {"execute": self.runner.execute_run, "record_status": self.runner.record_status,
                   "seen": locks.record_stamp(folder, run.run_id), "run": run, "experiment_dir": folder,
-                  **paths, **options}
-        return _Entry(Job(f"run {run.run_id}", run.run_id, locks.claim_run, kwargs),
+                  **paths, **options, **({} if self.shared else {"model": None})}
+        return _Entry(Job(f"run {run.run_id}", run.run_id, self._claim("run_on_node", locks.claim_run), kwargs),
                       locks.run_lock_path(folder, run.run_id), self.runner.first_task_key(run), 0)
+
+    def _claim(self, on_node: str, claim: Callable[..., Any]) -> Callable[..., Any]:
+        """`claim` as a job's function; without a shared disk, wrapped to run on the node's own disk."""
+        if self.shared:
+            return claim
+        from . import ray_executor  # late: only executors without a shared disk need it
+
+        return partial(getattr(ray_executor, on_node), claim=claim)
+
+    def _sent(self, entry: _Entry) -> Job:
+        """The job as submitted: without a shared disk a run carries its first-task model's handle."""
+        if self.shared or entry.needs is None:
+            return entry.job
+        return replace(entry.job, kwargs={**entry.job.kwargs, "model": self.models.get(entry.needs)})
 
     def run(self) -> Summary:
         """Every job to its end (an interruption propagates: the caller cancels the executor)."""
         try:
             while self.queue or self.flight:
                 self._fill()
+                getattr(self.executor, "flush", lambda: None)()  # e.g. SLURM: this round's jobs as one array
                 if not self.flight:  # all that is left (if anything) is held by another process
                     wake = min((entry.not_before for entry in self.queue), default=0.0)
                     time.sleep(min(self.retry_seconds, max(0.05, wake - time.monotonic())))
@@ -194,7 +215,7 @@ class Sweep:
                 continue
             self.queue.remove(entry)
             try:
-                self.flight[self.executor.submit(entry.job)] = entry
+                self.flight[self.executor.submit(self._sent(entry))] = entry
             except Exception as error:  # noqa: BLE001 -- e.g. no process could be started: this job fails
                 self._settle(entry, Outcome(error_type=type(error).__name__, message=f"not started: {error}"))
             self.progress.refresh()
@@ -212,6 +233,8 @@ class Sweep:
     def _first_task_done(self, key: str, outcome: Outcome) -> None:
         self.progress.step()
         if outcome.ok:
+            if not self.shared:  # the model's bytes came back (ray_executor.NodeFile): shared with its runs
+                self.models[key] = self.executor.put(outcome.value)
             self.ready.add(key)
             return
         dependants = [entry for entry in self.queue if entry.needs == key]
@@ -224,6 +247,8 @@ class Sweep:
         self.progress.drop(len(dependants))
 
     def _run_done(self, run: Run, outcome: Outcome) -> None:
+        if not self.shared and outcome.ok and isinstance(outcome.value, dict):
+            self._keep_record(run, outcome.value)  # written on the node's disk only
         failure = None
         if isinstance(outcome.value, locks.NotRun):  # another process ran it while it waited here
             self.summary.elsewhere += 1
@@ -237,6 +262,15 @@ class Sweep:
             failure = Failure(run, error.get("type", "unknown"), error.get("message", f"status {record.get('status')!r}"))
         self.summary.failures += [failure] if failure else []
         self.progress.step(done=failure is None, failed=failure is not None)
+
+    def _keep_record(self, run: Run, record: dict) -> None:
+        from .records import record_path, write_json_atomic  # late: records imports torch
+
+        try:
+            write_json_atomic(record_path(self.experiment_dir, run.run_id), record)
+        except Exception as error:  # noqa: BLE001 -- reported; the run stays without a record and reruns
+            self.progress.write(f"warning: the record of run {run.run_id} could not be written here: "
+                                f"{type(error).__name__}: {error}")
 
     def _write_failure(self, run: Run, error_type: str, message: str, traceback_text: str) -> None:
         with locks.try_lock(locks.run_lock_path(self.experiment_dir, run.run_id)) as taken:
