@@ -57,8 +57,11 @@ def resume(path: Path, run_id: str, engine: Engine) -> Resumed | None:
     """Restore `engine` to the state the checkpoint at `path` saved; None when there is none."""
     if not path.exists():
         return None
-    payload = torch.load(path, map_location="cpu", weights_only=True)
     fix = f"delete {path} to start the run over"
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # written by another torch version, or damaged on disk
+        raise CheckpointError(f"{path} could not be read ({type(error).__name__}: {error}); {fix}") from error
     if payload["run_id"] != run_id:
         raise CheckpointError(f"{path} belongs to run {payload['run_id']}, not {run_id}; {fix}")
     for index in range(payload["tasks_done"]):

@@ -107,10 +107,12 @@ class Engine:
         return self.device.type == "cuda"  # the fused kernel exists for CUDA tensors only
 
     def speed_settings(self) -> dict[str, object]:
-        """What this engine does for speed, for the run's origin."""
+        """What this engine does for speed, for the run's origin. On CUDA "fp32" convolutions run
+        in TF32 unless cuDNN's allow_tf32 is off (PyTorch's default is on): recorded too."""
+        cuda = self.device.type == "cuda"
         return {"precision": self.settings.precision, "channels_last": self.data.augmentation.channels_last,
-                "fused_sgd": self.fused_sgd, "cudnn_benchmark": self.device.type == "cuda"
-                and torch.backends.cudnn.benchmark}
+                "fused_sgd": self.fused_sgd, "cudnn_benchmark": cuda and torch.backends.cudnn.benchmark,
+                "cudnn_tf32": cuda and torch.backends.cudnn.allow_tf32}
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self, first_task_state: dict | None = None, on_task: Callable[[TaskResult], None] | None = None,

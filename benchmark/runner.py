@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from .data import DATASETS, Scenario, class_order, incremental_labels, load_data
 from .engine import Engine, EngineSettings, RunData, TaskResult
 from .grid import Run
 from .profiles import Schedule
-from .records import origin, record_path, record_status, run_dir, write_json_atomic
+from .records import origin, record_path, record_status, run_dir, write_atomic, write_json_atomic
 
 __all__ = ["execute_run", "train_first_task", "first_task_key", "write_failed_record", "record_status",
            "breaks_cuda_context"]
@@ -95,10 +94,7 @@ def train_first_task(run: Run, results_root: Path, device: str, data_root: Path,
     result = engine.learn_task(data.task(0))
     payload = {"state": _to_cpu(method.network.first_task_state()), "identity": first_task_identity(run),
                "cnn_accuracy": result.cnn.overall, "train_seconds": result.train_seconds}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, temporary)
-    os.replace(temporary, path)
+    write_atomic(path, lambda file: torch.save(payload, file))
     log(f"first-task model {path.name}: CNN {result.cnn.overall:.2f}% after {result.train_seconds:.1f}s")
     return path
 
@@ -115,10 +111,9 @@ def _to_cpu(state: dict) -> dict:
 
 # -- one run -----------------------------------------------------------------------------------
 def _settings(run: Run, exemplars: int) -> EngineSettings:
-    first = Schedule(**_tuple_milestones(run.training["first_task"]))
-    later = Schedule(**_tuple_milestones(run.training["later_tasks"]))
-    num_tasks = Scenario.parse(run.scenario).num_tasks(DATASETS[run.dataset].num_classes)
     t = run.training
+    first, later = Schedule(**_tuple_milestones(t["first_task"])), Schedule(**_tuple_milestones(t["later_tasks"]))
+    num_tasks = Scenario.parse(run.scenario).num_tasks(DATASETS[run.dataset].num_classes)
     return EngineSettings(schedules=[first] + [later] * (num_tasks - 1), exemplars=exemplars,
                           selection=t["exemplar_selection"], augment=t["augment"], network_seed=run.network_seed,
                           precision=t["precision"], eval_batch_size=t["eval_batch_size"],

@@ -237,3 +237,15 @@ def test_resume_restores_everything_it_saved(method, runs, cifar_root, tmp_path)
         assert not any(name.startswith(("specialized.0.", "specialized.1.", "specialized.2.")) for name in trainable)
         assert any(name.startswith("specialized.3.") for name in trainable)
         assert engine.method.network.aux_fc is None  # dropped after every task, as in the run
+
+
+def test_a_damaged_checkpoint_is_refused_with_the_fix(runs, cifar_root, tmp_path):
+    run = runs["runs"]["wa"]
+    target = checkpoints.checkpoint_path(run_dir(tmp_path / "exp", run.run_id))
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"not a checkpoint")
+    record = execute_run(run, tmp_path / "exp", runs["root"] / "results", "cpu", cifar_root, THREADS)
+    assert record["status"] == "failed" and record["error"]["type"] == "CheckpointError"
+    assert record["error"]["message"].startswith(f"{target} could not be read (")
+    assert record["error"]["message"].endswith(f"delete {target} to start the run over")
+    assert record["checkpoint"]["kept"] is True and target.read_bytes() == b"not a checkpoint"

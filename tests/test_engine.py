@@ -326,6 +326,13 @@ def test_record_is_complete_and_written_atomically(learning):
         assert config["network_seed"] == 1 and config["experiment"] == LEARN["name"]
         origin = on_disk["origin"]
         assert origin["torch"] == torch.__version__ and origin["device"] == "cpu"
+        assert origin["precision"] == "fp32" and origin["channels_last"] is True
+        assert origin["fused_sgd"] is False and origin["cudnn_benchmark"] is False  # CUDA-only settings
+        assert origin["cuda_version"] is None and origin["cudnn_version"] is None
+        assert config["device_type"] == "cpu" and config["precision"] == "fp32"
+        # the checkpoint was written after every task and removed with the run complete
+        assert on_disk["checkpoint"]["bytes"] > 0 and on_disk["checkpoint"]["kept"] is False
+        assert on_disk["checkpoint"]["resumed_from_task"] is None
         assert "git_sha" in origin and (origin["git_sha"] is None or re.fullmatch(r"[0-9a-f]{40}", origin["git_sha"]))
         for task in on_disk["tasks"]:
             for policy in ("paper", "strict"):
@@ -365,6 +372,7 @@ def test_a_bad_method_option_gives_a_failed_record(planned, cifar_root, tmp_path
     record = execute_run(bad, tmp_path / "exp", planned["results_root"], "cpu", cifar_root, threads=THREADS)
     assert record["status"] == "failed"
     assert record["error"]["type"] == "ValueError" and "train_bse" in record["error"]["message"]
+    assert record["error"]["cuda_context_broken"] is False
     assert "Traceback" in record["error"]["traceback"] and "train_bse" in record["error"]["traceback"]
     assert record["tasks"] == [] and record["summary"] is None
     on_disk = json.loads(record_path(tmp_path / "exp", bad.run_id).read_text())

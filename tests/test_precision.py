@@ -143,7 +143,32 @@ def test_channels_last_weights_and_speed_settings():
     convs = [m.weight for m in engine.method.network.modules() if isinstance(m, nn.Conv2d)]
     assert len(convs) == 4 and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
     assert engine.speed_settings() == {"precision": "fp32", "channels_last": True, "fused_sgd": False,
-                                       "cudnn_benchmark": False}
+                                       "cudnn_benchmark": False, "cudnn_tf32": False}
+
+
+class CPUAutocastEngine(Engine):
+    """The bf16 path as far as a CPU can take it: autocast on (the CPU's own bf16 autocast)."""
+
+    autocast = True
+
+
+@pytest.mark.parametrize("method", ["icarl", "der"])
+def test_the_bf16_path_keeps_heads_and_losses_fp32(method):
+    data = tiny_data()
+    engine = CPUAutocastEngine(METHODS.get(method)("conv2_half"), data, EngineSettings([SCHEDULE, SCHEDULE], 4),
+                               log=lambda line: None)
+    seen = []
+    engine.method.network.register_forward_hook(
+        lambda module, inputs, out: seen.append({k: v.dtype for k, v in out.items()}) if module.training else None)
+    results = engine.run()
+    assert len(results) == 2 and all(len(r.epochs) == 1 for r in results)
+    assert seen and all(s["features"] == torch.bfloat16 and s["logits"] == torch.float32 for s in seen)
+    if method == "der":  # the auxiliary head of task 1 was fp32 too
+        assert any(s.get("aux_logits") == torch.float32 for s in seen)
+    network, teacher = engine.method.network, engine.method.teacher
+    assert type(network.fc) is Float32Linear
+    assert teacher is None or type(teacher.fc) is Float32Linear
+    assert all(p.dtype == torch.float32 for p in network.parameters())  # the model itself is never cast
 
 
 def test_a_diverged_run_fails_naming_the_task_epoch_and_fix():
