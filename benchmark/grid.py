@@ -65,9 +65,16 @@ def plan_context(experiment: Experiment, scenario: str) -> PlanContext:
         min_exemplars=experiment.min_exemplars, train_images=spec.num_classes * per_class)
 
 
+# Raised whenever a code change alters what a run trains (initialization, a loss, augmentation):
+# it is part of every run id and first-task key, so records and first-task models made by older
+# code are never taken for the new code's. 2: the reference initialization (docs/fidelity.md).
+TRAINING_REVISION = 2
+
+
 def training_settings(experiment: Experiment, method: str, scenario: str) -> dict[str, Any]:
     profile = experiment.profile
     return {
+        "revision": TRAINING_REVISION,
         "first_task": asdict(profile.first_task),
         "later_tasks": asdict(profile.later_tasks[method]),
         "images_per_class": profile.images_per_class,

@@ -68,7 +68,7 @@ def first_task_identity(run: Run) -> dict[str, Any]:
                 DATASETS[run.dataset].num_classes)[0],
             "class_order_seed": run.seed, "network_seed": run.network_seed, "backbone": run.backbone,
             "schedule": t["first_task"], "images_per_class": t["images_per_class"], "augment": t["augment"],
-            "precision": t["precision"], "device_type": run.device_type}
+            "precision": t["precision"], "device_type": run.device_type, "revision": t["revision"]}
 
 
 def first_task_key(run: Run) -> str:

@@ -46,6 +46,17 @@ def test_precision_defaults_to_fp32_and_is_part_of_the_run_identity():
     assert runner.first_task_identity(bf16)["precision"] == "bf16"
 
 
+def test_training_revision_keeps_older_codes_records_and_models_apart(monkeypatch):
+    from benchmark import grid
+
+    now = runs_of()["replay"]
+    assert now.training["revision"] == grid.TRAINING_REVISION
+    monkeypatch.setattr(grid, "TRAINING_REVISION", grid.TRAINING_REVISION - 1)
+    older = runs_of()["replay"]
+    assert older.run_id != now.run_id
+    assert runner.first_task_key(older) != runner.first_task_key(now)
+
+
 def test_device_type_is_part_of_the_run_identity():
     cpu, cuda = runs_of()["replay"], runs_of(device_type="cuda")["replay"]
     assert cpu.device_type == "cpu" and cuda.device_type == "cuda"

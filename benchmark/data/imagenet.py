@@ -164,6 +164,7 @@ def load_imagenet(spec: DatasetSpec, root: str | Path, download: bool = True) ->
         warnings.warn(f"{folder}: {spec.name} has {spec.num_classes} classes, found {len(names)}; using {len(names)}")
         spec = dataclasses.replace(spec, num_classes=len(names))
     cache_dir = cache_dir_for(folder)  # used (and built) when a batch source is made, not here
-    train, test = (FolderImageSet(*splits[split], crop=spec.image_shape[0], cache_dir=cache_dir, split=split)
-                   for split in SPLITS)
+    crop = spec.image_shape[0]  # the shorter side is resized in ImageNet's 256:224 ratio to the crop
+    train, test = (FolderImageSet(*splits[split], resize=round(crop * 256 / 224), crop=crop,
+                                  cache_dir=cache_dir, split=split) for split in SPLITS)
     return Dataset(spec, train, test, names)
