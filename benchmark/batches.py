@@ -200,7 +200,7 @@ def concat(sources: Sequence[BatchSource]) -> BatchSource:
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Batch-wise on-device augmentation and normalization (PROTOCOL.md section 5)."""
+    """Batch-wise on-device augmentation and normalization (docs/protocol.md section 5)."""
 
     mean: tuple[float, float, float]
     std: tuple[float, float, float]

@@ -1,4 +1,4 @@
-"""Class-incremental metrics (PROTOCOL section 4); pure numpy so the training engine can use them.
+"""Class-incremental metrics (docs/protocol.md section 4); pure numpy so the training engine can use them.
 
 Units: accuracies are in percent (0-100) everywhere, except the area under the accuracy-memory
 curve, which uses accuracy as a fraction (0-1) against memory in MB (2^20 bytes, the one

@@ -5,7 +5,7 @@ here, so a planned number and an audited number can only differ because the run 
 something the plan did not foresee.
 
 Policies
-- paper: backbone parameters only, float32 as stored, as the MEMO paper counts (PROTOCOL.md 1):
+- paper: backbone parameters only, float32 as stored, as the MEMO paper counts (docs/protocol.md section 1):
   all T backbones of DER, the generalized block plus every specialized block of MEMO.
 - strict: everything the method keeps between tasks: every parameter and buffer of the
   network (classifier, BatchNorm running statistics) plus the frozen teacher copy that

@@ -1,7 +1,7 @@
 """The budget planner: turns a memory budget into a backbone (or backbones) plus an exemplar
 count for each method, from live byte counts of the networks the methods will build.
 
-Budgets are aligned at the final task (PROTOCOL.md section 3): the planner builds each
+Budgets are aligned at the final task (docs/protocol.md section 3): the planner builds each
 method's final network on the meta device (no memory is allocated), counts it with the same
 function the run-time audit uses, and spends what is left of the budget on exemplars.
 

@@ -1,7 +1,7 @@
 """The exemplar memory: stored images (uint8, exactly what the accounting charges) and their labels,
 chosen per class by herding (iCaRL's iterative rule) or at random.
 
-Budget rule (PROTOCOL.md section 3): with E exemplars and K classes seen, each class keeps
+Budget rule (docs/protocol.md section 3): with E exemplars and K classes seen, each class keeps
 floor(E / K) images, capped by the images the class has. Classes are stored in selection
 order, so shrinking an old class to its first m keeps its best m.
 """

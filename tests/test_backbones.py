@@ -1,10 +1,10 @@
-"""Every registered backbone: parameter counts of PROTOCOL.md section 2, the MEMO split, shapes."""
+"""Every registered backbone: parameter counts of docs/protocol.md section 2, the MEMO split, shapes."""
 import pytest
 import torch
 
 from methods.backbones import BACKBONES, FAMILIES, build_backbone, input_kind, parameter_count
 
-# (total, generalized, specialized) from PROTOCOL.md section 2; the ImageNet ones match torchvision.
+# (total, generalized, specialized) from docs/protocol.md section 2; the ImageNet ones match torchvision.
 EXPECTED = {
     "resnet32": (463_504, 112_016, 351_488),
     "resnet26": (366_288, 88_784, 277_504),

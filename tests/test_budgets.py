@@ -1,4 +1,4 @@
-"""Memory accounting and the budget planner, against the MEMO paper's numbers (PROTOCOL.md 3)."""
+"""Memory accounting and the budget planner, against the MEMO paper's numbers (docs/protocol.md section 3)."""
 import copy
 
 import pytest
@@ -13,7 +13,7 @@ B0INC10 = PlanContext(task_sizes=(10,) * 10, image_shape=(32, 32, 3), family=CIF
                       benchmark="resnet32", train_images=50_000)
 ALL = ["finetune", "replay", "icarl", "wa", "der", "memo", "joint"]
 
-# PROTOCOL.md 3a, CIFAR-100 B0Inc10: budget label -> exemplars of single nets, DER, MEMO
+# docs/protocol.md section 3a, CIFAR-100 B0Inc10: budget label -> exemplars of single nets, DER, MEMO
 PAPER_TABLE = {
     7.63: (2000, 2096, 2118),
     12.42: (3634, 2000, 2495),
@@ -62,7 +62,7 @@ def test_fair_budget_is_the_end_point():
     point = fair_point(B0INC10)
     assert point.budget_bytes == 10 * 463_504 * 4 + 2000 * 3072
     cells = cells_by(plan(["replay", "memo", "der"], "fair", B0INC10))
-    # PROTOCOL.md 3b: 2000 + floor((T-1) P 4 / 3072) and 2000 + floor((T P - (Pg + T Ps)) 4 / 3072)
+    # docs/protocol.md section 3b: 2000 + floor((T-1) P 4 / 3072) and 2000 + floor((T P - (Pg + T Ps)) 4 / 3072)
     assert cells["replay", 23.54].exemplars == 2000 + (9 * 463_504 * 4) // 3072
     assert cells["memo", 23.54].exemplars == 2000 + ((10 * 463_504 - (112_016 + 10 * 351_488)) * 4) // 3072
 

@@ -101,7 +101,7 @@ def images_tagged(label: int, count: int) -> torch.Tensor:
 def test_per_class_quota_is_the_floor():
     assert per_class_quota(2000, 10) == 200
     assert per_class_quota(2000, 30) == 66
-    assert per_class_quota(7431, 100) == 74  # PROTOCOL 3: 7,431 ends as 74 x 100
+    assert per_class_quota(7431, 100) == 74  # docs/protocol.md section 3: 7,431 ends as 74 x 100
     assert per_class_quota(99, 100) == 0
     assert per_class_quota(2000, 0) == 0
     assert ExemplarMemory(2000).per_class(30) == 66

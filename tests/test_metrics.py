@@ -61,7 +61,7 @@ def test_accuracy_matrix_from_record_rows():
 
 
 def test_auc_flat_curve_protocol_check():
-    # PROTOCOL 4: flat 27.1 % from 7.6 to 23.5 MB -> 0.271 x 15.9 = 4.3089 (not normalized).
+    # docs/protocol.md section 4: flat 27.1 % from 7.6 to 23.5 MB -> 0.271 x 15.9 = 4.3089 (not normalized).
     memory = [7.6, 12.4, 16.0, 19.8, 23.5]
     assert area_under_curve(memory, [27.1] * 5) == pytest.approx(4.3089)
 

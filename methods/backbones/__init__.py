@@ -1,7 +1,7 @@
 """The backbone registry: every architecture by name, with the input size it expects.
 
 Families list the members of one memory curve from the smallest to the largest; the budget
-planner takes its intermediate points from them (PROTOCOL.md section 3a).
+planner takes its intermediate points from them (docs/protocol.md section 3a).
 """
 from __future__ import annotations
 
