@@ -1,7 +1,8 @@
 """Dispatch (benchmark.executors, benchmark.sweep, benchmark.locks, run_all.py run) with fake
 runners (tests/dispatch_fakes.py): devices, validation, order, resume, failures, first tasks,
-locks shared between processes, and the local-process and Ray executors. No training happens
-here; tests/test_crash_safety.py kills real runs.
+locks shared between processes, and the local-process executor. No training happens here;
+tests/test_crash_safety.py kills real runs, tests/test_ray_cluster.py and tests/test_slurm.py
+cover the Ray and SLURM executors.
 
 The process-based executor runs one grid (a module fixture) that several tests inspect; the order
 logic is tested in-process (inline).
@@ -13,7 +14,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -198,21 +198,6 @@ def test_backend_options_are_checked(tmp_path, cifar_root, monkeypatch):
                      cifar_root, "--address", "head:6379", "--runs-per-gpu", "0", patch=monkeypatch)
     assert result.code == 2
     assert "--address head:6379: needs --backend ray" in result.err and "--runs-per-gpu 0" in result.err
-
-
-def test_a_ray_address_where_nothing_listens_fails_in_seconds(tmp_path, cifar_root, monkeypatch):
-    pytest.importorskip("ray")
-    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    started = time.monotonic()
-    result = run_cli(fake_runner(tmp_path / "journal.txt"), write_experiment(tmp_path), tmp_path / "results",
-                     cifar_root, "--backend", "ray", "--address", f"127.0.0.1:{port}", patch=monkeypatch)
-    assert result.code == 2 and time.monotonic() - started < 10
-    assert f"--address 127.0.0.1:{port}: nothing answers there" in result.err
-    assert f"ray start --head --port={port}" in result.err
-    assert not (tmp_path / "journal.txt").exists() and not (tmp_path / "results").exists()
-    assert "use HOST:PORT" in devices.address_problems("head-node")[0]
 
 
 @pytest.mark.parametrize("command", [["--help"], ["run", "--help"]])
@@ -521,23 +506,3 @@ def test_report_command(local_grid, tmp_path, capsys):
     assert "nowhere does not exist" in capsys.readouterr().err
     assert run_all.main(["report", str(local_grid.experiment_dir)]) == 0
     assert str(local_grid.experiment_dir / "runs.csv") in capsys.readouterr().out
-
-
-# -- Ray, a local instance --------------------------------------------------------------------
-def test_ray_backend_runs_a_grid_on_a_local_instance(tmp_path, cifar_root, monkeypatch):
-    pytest.importorskip("ray")
-    experiment = write_experiment(tmp_path, methods="[finetune, replay]", budgets="[4]")
-    runs = {run.method: run for run in expand(load_experiment(experiment))}
-    journal = tmp_path / "journal.txt"
-    result = run_cli(fake_runner(journal, exit_for=("replay",)), experiment, tmp_path / "results", cifar_root,
-                     "--backend", "ray", "--gpus", "cpu", patch=monkeypatch)
-    assert result.code == 1, result.err
-    assert "local Ray instance" in result.out
-    experiment_dir = tmp_path / "results" / "tiny"
-    assert read_record(experiment_dir, runs["finetune"].run_id)["status"] == "complete"
-    crashed = read_record(experiment_dir, runs["replay"].run_id)  # the task's worker died: the driver wrote this
-    assert crashed["status"] == "failed" and crashed["error"]["type"] == "WorkerCrashedError"
-    assert sorted(executed(journal, "first_task")) == ["B0Inc50-seed1-finetune", "B0Inc50-seed1-replay"]
-    # the default CPU placement: one run per core, each with its share of the threads
-    expected_threads = max(1, os.cpu_count() // devices.default_cpu_workers())
-    assert {entry["threads"] for entry in read_journal(journal)} == {expected_threads}
