@@ -129,10 +129,9 @@ def request_problems(args: argparse.Namespace, experiment: Experiment | None) ->
     ) if value is not None]
     if importlib.util.find_spec("submitit") is None:
         problems.append("--backend slurm: submitit is not installed here (pip install 'cil-bench[slurm]')")
-    cluster = os.environ.get(CLUSTER_VARIABLE, "slurm")
-    if cluster not in CLUSTERS:
-        problems.append(f"{CLUSTER_VARIABLE}={cluster}: use slurm (the default), local or debug")
-    elif cluster == "slurm" and not (shutil.which("sbatch") and shutil.which("srun")):
+    if cluster() not in CLUSTERS:
+        problems.append(f"{CLUSTER_VARIABLE}={cluster()}: use slurm (the default), local or debug")
+    elif cluster() == "slurm" and not (shutil.which("sbatch") and shutil.which("srun")):
         problems.append("--backend slurm: sbatch/srun are not on PATH; run on a SLURM login node (or set "
                         f"{CLUSTER_VARIABLE}=local to try the grid on this machine)")
     try:
@@ -151,6 +150,7 @@ def device_type(args: argparse.Namespace, experiment: Experiment) -> str:
 
 
 def cluster() -> str:
+    """Which submitit cluster: slurm, or local / debug for trying a grid without SLURM."""
     return os.environ.get(CLUSTER_VARIABLE, "slurm")
 
 
@@ -166,8 +166,8 @@ def describe(options: SlurmOptions) -> str:
 def submitit_parameters(options: SlurmOptions, name: str, import_path: str) -> dict[str, Any]:
     """AutoExecutor.update_parameters arguments: generic ones, and slurm_/local_ ones that only
     that cluster reads. SLURM jobs get the driver's import path (the suite need not be installed);
-    local jobs inherit it from the submitting environment (SlurmExecutor.flush), since a shell
-    setup would come between submitit and its local job and keep scancel's stand-in from it."""
+    local jobs inherit it from the submitting environment (SlurmExecutor.flush): a setup shell
+    between submitit and a local job would take the job's cancel signal (SIGINT) and orphan it."""
     setup = [f"export PYTHONPATH={shlex.quote(import_path)}${{PYTHONPATH:+:$PYTHONPATH}}"]
     chosen = {"name": name, "timeout_min": options.time_min, "cpus_per_task": options.cpus_per_task,
               "mem_gb": options.mem_gb, "slurm_gpus_per_task": options.gpus_per_task or None,

@@ -162,7 +162,8 @@ def test_a_job_slurm_ends_is_a_crash_with_submitits_message():
     from submitit.core.utils import FailedJobError, UncompletedJobError
 
     said = ("Job 4242_3 (task: 0) with path /r/slurm/4242_3/4242_3_0_result.pkl\n"
-            "has not produced any output (state: TIMEOUT)\nError stream produced:\n---\nslurmstepd: CANCELLED DUE TO TIME LIMIT")
+            "has not produced any output (state: TIMEOUT)\nError stream produced:\n---\n"
+            "slurmstepd: error: *** JOB 4242 CANCELLED DUE TO TIME LIMIT ***")
     outcome = slurm.job_outcome(EndedJob(UncompletedJobError(said)), Job("run abc", "abc", print, {}))
     assert (outcome.error_type, outcome.traceback) == (CRASH, said)
     assert outcome.message == ("SLURM job 4242_3 running run abc ended without a result: Job 4242_3 (task: 0) with "
