@@ -12,6 +12,11 @@ from pathlib import Path
 
 import pytest
 
+# Every Ray node a test starts (a local instance, a multi-node cluster) binds and advertises the
+# loopback address only: Ray treats a machine with this switch off as a single-machine setup and
+# uses 127.0.0.1 instead of the interface address. Set before any test module imports Ray.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 from benchmark.data import DataError, dataset_spec, find_dataset_dir, load_dataset
 from benchmark.data.cifar import locate
 

@@ -50,7 +50,7 @@ def test_per_image_seconds_are_piecewise_linear_in_the_task():
 
 def hand_run(method: str, exemplars: int) -> Run:
     training = {"first_task": {"epochs": 3}, "later_tasks": {"epochs": 2}, "images_per_class": 10,
-                "test_images_per_class": 5, "exemplar_selection": "herding", "augment": True, "precision": "fp32",
+                "test_images_per_class": 5, "exemplar_selection": "herding", "augment": True, "precision": "fp32", "revision": 2,
                 "method_options": {}}
     return Run("hand", "cifar100", "B0Inc50", 1993, 1, method, "resnet32", exemplars, training, ())
 

@@ -143,6 +143,7 @@ def cluster(tmp_path_factory):
         nodes.add_node(num_cpus=1)
     try:
         nodes.wait_for_nodes()
+        assert nodes.address.startswith("127.0.0.1:"), nodes.address  # loopback only (tests/conftest.py)
         yield SimpleNamespace(address=nodes.address, roots=roots)
     finally:
         ray.shutdown()
