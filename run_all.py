@@ -22,7 +22,8 @@ from benchmark.executors import BACKENDS, DispatchError
 if TYPE_CHECKING:
     from benchmark.grid import Run
     from benchmark.request import Target
-    from benchmark.sweep import Failure, Runner, Summary
+    from benchmark.resume import Failure
+    from benchmark.sweep import Runner, Summary
 
 PLAN_COLUMNS = ["method", "seed", "budget_mb", "backbone", "model_params", "exemplars", "model_bytes",
                 "exemplar_bytes", "total_bytes", "policy", "scenario", "point", "point_label",
@@ -85,6 +86,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from benchmark import sweep
+    from benchmark.resume import recorded_failure, sort_by_status
     from benchmark.request import check_run_request
 
     target, problems = check_run_request(args)
@@ -93,7 +95,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"error: nothing was run; fix these first:{listed}", file=sys.stderr)
         return 2
     runner = sweep.default_runner()
-    resume = sweep.sort_by_status(target.runs, target.experiment_dir, runner, args.retry_failed)
+    resume = sort_by_status(target.runs, target.experiment_dir, runner.record_status, args.retry_failed)
     workers = args.workers or devices.default_cpu_workers()
     where = (slurm.describe(slurm.resolve(target.experiment.slurm, args)) if args.backend == "slurm" else
              devices.describe_placement(args.backend, target.gpus, args.runs_per_gpu, workers, args.address))
@@ -108,7 +110,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     if summary.elsewhere:
         print(f"{summary.elsewhere} run(s) were run meanwhile by another process on this experiment")
-    failures = summary.failures + [sweep.recorded_failure(run, target.experiment_dir) for run in resume.failed]
+    failures = summary.failures + [recorded_failure(run, target.experiment_dir) for run in resume.failed]
     _print_failures(failures, len(target.runs), target.experiment_dir, args.retry_failed)
     _report(target.experiment_dir)
     return 1 if failures else 0

@@ -45,6 +45,12 @@ class RunData:
         return ((source.labels >= low) & (source.labels < high)).nonzero().flatten()
 
 
+def stream_seed(network_seed: int, index: int) -> int:
+    """The seed of one random stream of a run: a task's (training order, augmentation) or a class's
+    (random exemplar selection). One formula, so that every stream is reproducible on its own."""
+    return network_seed * 1000 + index
+
+
 class DivergedError(RuntimeError):
     """The training loss stopped being a finite number."""
 
@@ -129,8 +135,8 @@ class Engine:
     def learn_task(self, task: Task, first_task_state: dict | None = None) -> TaskResult:
         # Seeding per task makes a run's later tasks identical whether task 0 was trained or loaded,
         # and whether the earlier tasks ran in this process or were restored from a checkpoint.
-        torch.manual_seed(self.settings.network_seed * 1000 + task.index)
-        self.generator.manual_seed(self.settings.network_seed * 1000 + task.index)
+        torch.manual_seed(stream_seed(self.settings.network_seed, task.index))
+        self.generator.manual_seed(stream_seed(self.settings.network_seed, task.index))
         self.grow(task)
         start = time.perf_counter()
         epochs: list[dict] = []
@@ -231,7 +237,7 @@ class Engine:
     def selection_order(self, source: BatchSource, rows: torch.Tensor, count: int, label: int) -> torch.Tensor:
         if self.settings.selection == "random":
             # One stream per class: a shared seed would pick the same positions in every class.
-            seed = self.settings.network_seed * 1000 + label
+            seed = stream_seed(self.settings.network_seed, label)
             return random_order(count, len(rows), torch.Generator().manual_seed(seed)).to(rows.device)
         features, _ = extract(self.method.network, source, self.data.augmentation,
                               self.settings.herding_batch_size, rows)

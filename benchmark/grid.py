@@ -41,7 +41,7 @@ class Run:
 
     @property
     def run_id(self) -> str:
-        return run_id(self.identity())
+        return identity_hash(self.identity())
 
     def identity(self) -> dict[str, Any]:
         """The resolved config that determines this run's outcome (and so its id)."""
@@ -50,7 +50,9 @@ class Run:
                 "exemplars": self.exemplars, "device_type": self.device_type, **self.training}
 
 
-def run_id(identity: dict[str, Any]) -> str:
+def identity_hash(identity: dict[str, Any]) -> str:
+    """The name of what an identity describes (a run's id, a first-task model's key): 12 hex digits
+    of the SHA-256 of its canonical JSON."""
     canonical = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 

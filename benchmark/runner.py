@@ -6,8 +6,6 @@ execute, in-process or in a worker.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -25,7 +23,7 @@ from . import checkpoints, metrics
 from .batches import Augmentation, source_of
 from .data import DATASETS, Scenario, class_order, incremental_labels, load_dataset, per_class_subset
 from .engine import Engine, EngineSettings, RunData, TaskResult
-from .grid import Run
+from .grid import Run, identity_hash
 from .profiles import Schedule
 from .records import origin, record_path, record_status, run_dir, write_atomic, write_json_atomic
 
@@ -72,8 +70,7 @@ def first_task_identity(run: Run) -> dict[str, Any]:
 
 
 def first_task_key(run: Run) -> str:
-    canonical = json.dumps(first_task_identity(run), sort_keys=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+    return identity_hash(first_task_identity(run))
 
 
 def first_task_path(results_root: Path, run: Run) -> Path:

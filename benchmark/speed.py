@@ -37,7 +37,7 @@ import torch
 
 from methods import METHODS
 
-from .engine import Engine, RunData
+from .engine import Engine, RunData, stream_seed
 from .grid import Run
 from .precision import PRECISIONS, precision_problem
 from .runner import _settings, prepare_data
@@ -84,11 +84,11 @@ def first_task_epoch(runs: list[Run], data: RunData, precision: str = "fp32") ->
     """A real first-task epoch of iCaRL/resnet32 through `Engine.train`, then the CNN test pass. On
     CUDA two epochs are trained and the second is reported: the first pays cuDNN's autotuning."""
     run = method_run(runs, "icarl", "resnet32")
-    torch.manual_seed(run.network_seed * 1000)  # as Engine.learn_task seeds task 0
+    torch.manual_seed(stream_seed(run.network_seed, 0))  # as Engine.learn_task seeds task 0
     method = METHODS.get("icarl")("resnet32", run.training["method_options"])
     engine = Engine(method, data, replace(_settings(run, run.exemplars), precision=precision), log=lambda _: None)
     task = data.task(0)
-    engine.generator.manual_seed(run.network_seed * 1000)
+    engine.generator.manual_seed(stream_seed(run.network_seed, 0))
     engine.grow(task)
     source = engine.training_set(task)
     epochs = 2 if engine.device.type == "cuda" else 1

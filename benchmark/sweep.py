@@ -20,8 +20,6 @@ a job runs is the executor's business (benchmark.executors, whose docstring has 
 """
 from __future__ import annotations
 
-import json
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -31,6 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import locks
+from .progress import Progress
+from .resume import Failure
 from .executors import Job, Outcome
 
 if TYPE_CHECKING:
@@ -74,52 +74,12 @@ def expected_cost(run: Run) -> tuple[int, int, int]:
     return int(traits.trains_on_all_data), growing, images
 
 
-# -- resume ------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Resume:
-    complete: list[Run]
-    failed: list[Run]      # failed before and not retried
-    to_run: list[Run]
-    retrying: int          # failed before and run again (counted in to_run)
-
-    def line(self) -> str:
-        total = len(self.complete) + len(self.failed) + len(self.to_run)
-        failed = f"{self.retrying} failed (retrying)" if self.retrying else f"{len(self.failed)} failed (skipped)"
-        return f"{total} runs: {len(self.complete)} complete (skipped), {failed}, {len(self.to_run)} to run"
-
-
-def sort_by_status(runs: list[Run], experiment_dir: Path, runner: Runner, retry_failed: bool) -> Resume:
-    """Which runs already have a record. A half-written record (killed mid-write) has none: it reruns."""
-    status = {run.run_id: runner.record_status(experiment_dir, run.run_id) for run in runs}
-    complete = [run for run in runs if status[run.run_id] == "complete"]
-    failed = [run for run in runs if status[run.run_id] == "failed"]
-    fresh = [run for run in runs if status[run.run_id] not in ("complete", "failed")]
-    if retry_failed:
-        return Resume(complete, [], failed + fresh, len(failed))
-    return Resume(complete, failed, fresh, 0)
-
-
+# -- first tasks -------------------------------------------------------------------------------
 def group_by_first_task(runs: list[Run], runner: Runner) -> dict[str, list[Run]]:
     groups: dict[str, list[Run]] = {}
     for run in runs:
         groups.setdefault(runner.first_task_key(run), []).append(run)
     return groups
-
-
-@dataclass(frozen=True)
-class Failure:
-    run: Run
-    error_type: str
-    message: str
-
-
-def recorded_failure(run: Run, experiment_dir: Path) -> Failure:
-    """The failure a run's existing record describes (for failed runs that are not retried)."""
-    try:
-        error = json.loads((experiment_dir / "runs" / run.run_id / "record.json").read_text()).get("error") or {}
-    except (OSError, ValueError, AttributeError):
-        error = {}
-    return Failure(run, error.get("type", "unknown"), error.get("message", ""))
 
 
 # -- the sweep ---------------------------------------------------------------------------------------
@@ -289,35 +249,3 @@ def _outcome(future: Future) -> Outcome:
         return future.result()
     except Exception as error:  # noqa: BLE001 -- the sweep outlives any one job
         return Outcome(error_type=type(error).__name__, message=str(error))
-
-
-class Progress:
-    """One bar over all jobs (first tasks, then runs) on stderr; the postfix counts runs."""
-
-    def __init__(self, jobs: int, runs: int, executor: Any):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=jobs, unit="job", file=sys.stderr, dynamic_ncols=True, desc="grid")
-        self.runs, self.done, self.failed, self.executor = runs, 0, 0, executor
-        self.refresh()
-
-    def step(self, done: bool = False, failed: bool = False) -> None:
-        self.done, self.failed = self.done + done, self.failed + failed
-        self.bar.update(1)
-        self.refresh()
-
-    def drop(self, runs: int) -> None:
-        """Runs failed without a job of their own (their first task failed): fewer jobs to wait for."""
-        self.failed += runs
-        self.bar.total -= runs
-        self.refresh()
-
-    def refresh(self) -> None:
-        self.bar.set_postfix(done=self.done, failed=self.failed, running=self.executor.running,
-                             left=self.runs - self.done - self.failed)
-
-    def write(self, line: str) -> None:
-        self.bar.write(line, file=sys.stderr)
-
-    def close(self) -> None:
-        self.bar.close()
