@@ -71,5 +71,6 @@ def cifar100_root() -> Path:
 
 @pytest.fixture(scope="session")
 def cifar_root() -> Path:
-    """A folder holding CIFAR-100 (prepared arrays, or the torchvision download and its cache)."""
-    return cifar100_root()
+    """A folder holding CIFAR-100 (prepared arrays, or the torchvision download and its cache), as an
+    absolute path: tests link to its files from other folders and pass it to subprocesses."""
+    return cifar100_root().resolve()

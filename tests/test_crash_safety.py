@@ -128,6 +128,23 @@ def wait_for_start(results: Path, after: Counter, driver: Driver, timeout: float
     raise AssertionError(f"no run started within {timeout} s:\n{driver.output()}")
 
 
+def crashed_runs(results: Path) -> list[str]:
+    return [path.parent.name for path in (results / "crash" / "runs").glob("*/record.json")
+            if "WorkerCrashedError" in path.read_text()]
+
+
+def wait_for_crash_records(results: Path, driver: Driver, timeout: float = 60) -> list[str]:
+    """The runs recorded as crashed, once the driver has recorded the killed worker's run (the other
+    worker may start its next run before that happens, so a start is no sign of it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if crashed := crashed_runs(results):
+            return crashed
+        assert driver.process.poll() is None, f"the driver ended before recording the crash:\n{driver.output()}"
+        time.sleep(0.05)
+    raise AssertionError(f"no crash recorded within {timeout} s:\n{driver.output()}")
+
+
 def runs_table(results: Path) -> pd.DataFrame:
     table = pd.read_csv(results / "crash" / "runs.csv")
     return table.drop(columns=VARYING).sort_values("run_id").reset_index(drop=True)
@@ -179,6 +196,7 @@ def test_killed_worker_ctrl_c_sigterm_and_killed_driver_lose_nothing_and_redo_no
     driver, before, done = restart()
     _, worker = wait_for_start(results, before, driver)
     os.kill(worker, signal.SIGKILL)
+    crashed = wait_for_crash_records(results, driver)
     # 2. then Ctrl-C (SIGINT to the whole process group, as a terminal sends it) at the next start.
     wait_for_start(results, started(results), driver)
     workers = driver.children()
@@ -186,9 +204,7 @@ def test_killed_worker_ctrl_c_sigterm_and_killed_driver_lose_nothing_and_redo_no
     assert driver.wait(60) == 130, driver.output()
     assert "interrupted (SIGINT): workers stopped; the same command resumes" in driver.output()
     assert all_gone(workers), "workers outlived an interrupted driver"
-    crashed = [path.parent.name for path in (results / "crash" / "runs").glob("*/record.json")
-               if "WorkerCrashedError" in path.read_text()]
-    assert len(crashed) == 1, crashed  # the run in flight in the killed worker, and no other
+    assert crashed_runs(results) == crashed and len(crashed) == 1, crashed  # the killed worker's run only
     killed_run = crashed[0]
     assert (killed_run, str(worker)) in STARTED.findall(worker_logs(results))
     # 3. the same command resumes; SIGTERM (a scheduler's stop) is handled the same way.
