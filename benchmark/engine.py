@@ -18,7 +18,7 @@ from methods.exemplars import ExemplarMemory, herding_order, random_order
 
 from .batches import Augmentation, BatchSource, TensorSource, concat, select
 from .evaluation import Accuracy, accuracy, class_means, extract, nme_predict
-from .precision import keep_heads_fp32, precision_problem
+from .precision import precision_problem
 from .profiles import Schedule
 
 Log = Callable[[str], None]
@@ -160,7 +160,7 @@ class Engine:
 
     def grow(self, task: Task) -> None:
         """The method's before-task step (new blocks, heads, teacher), then the new modules placed
-        like the old ones: on the device, channels_last where the inputs are, fp32 heads under bf16."""
+        like the old ones: on the device, channels_last where the inputs are."""
         self.method.before_task(task)
         for network in (self.method.network, self.method.teacher):
             if network is None:
@@ -168,8 +168,6 @@ class Engine:
             network.to(self.device)
             if self.data.augmentation.channels_last:  # weights in the inputs' layout: no conversions
                 network.to(memory_format=torch.channels_last)
-            if self.autocast:
-                keep_heads_fp32(network)
 
     # -- training -----------------------------------------------------------------------------
     def training_set(self, task: Task) -> BatchSource:
@@ -209,7 +207,7 @@ class Engine:
         total = torch.zeros((), device=self.device)
         for rows, images in source.batches(order, batch_size):
             x, labels = self.augment(images), source.labels[rows]
-            # bf16 covers the backbones; the heads (Float32Linear) and so the losses stay fp32.
+            # bf16 covers the backbones; the heads (IncrementalNet.forward) and so the losses stay fp32.
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 loss = self.method.loss(task, x, labels)
             optimizer.zero_grad(set_to_none=True)

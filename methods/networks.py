@@ -85,9 +85,14 @@ class IncrementalNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.features(images)
-        out = {"features": features, "logits": self.fc(features)}
-        if self.aux_fc is not None:
-            out["aux_logits"] = self.aux_fc(features[:, -self.newest_dim:])
+        # Under bf16 autocast only the backbones run in bf16: the heads compute in fp32, because
+        # their logits feed softmax and distillation at temperature T, where bf16's 8-bit mantissa
+        # would blur small differences (benchmark/precision.py). Outside autocast this changes nothing.
+        with torch.autocast(images.device.type, enabled=False):
+            heads_input = features.float()
+            out = {"features": features, "logits": self.fc(heads_input)}
+            if self.aux_fc is not None:
+                out["aux_logits"] = self.aux_fc(heads_input[:, -self.newest_dim:])
         return out
 
     # -- the shared first-task model ----------------------------------------------------------

@@ -16,7 +16,7 @@ from benchmark.batches import Augmentation, TensorSource
 from benchmark.config import parse_experiment
 from benchmark.engine import DivergedError, Engine, EngineSettings, RunData
 from benchmark.grid import expand, precision_problems
-from benchmark.precision import Float32Linear, keep_heads_fp32, precision_problem
+from benchmark.precision import precision_problem
 from benchmark.profiles import Schedule
 from benchmark.records import origin, record_path, write_json_atomic
 from methods import METHODS
@@ -92,21 +92,14 @@ def test_heads_stay_fp32_under_autocast():
     network.add_aux_head(2)
     images = torch.randn(4, 3, 32, 32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        plain = network(images)
-    assert plain["logits"].dtype == torch.bfloat16  # without the change the head runs in bf16
-    keys = list(network.state_dict())
-    keep_heads_fp32(network)
-    assert type(network.fc) is Float32Linear and type(network.aux_fc) is Float32Linear
-    assert list(network.state_dict()) == keys  # same parameters, same checkpoint keys
-    with torch.autocast("cpu", dtype=torch.bfloat16):
         out = network(images)
     assert out["features"].dtype == torch.bfloat16  # the backbones do run in bf16
     assert out["logits"].dtype == torch.float32 and out["aux_logits"].dtype == torch.float32
     expected = nn.functional.linear(out["features"].float(), network.fc.weight, network.fc.bias)
     assert torch.equal(out["logits"], expected)
-    assert type(copy.deepcopy(network).fc) is Float32Linear  # a teacher copy keeps fp32 heads
-    with torch.no_grad():  # outside autocast nothing changes
-        assert torch.equal(network(images)["logits"], nn.Linear.forward(network.fc, network.features(images)))
+    assert all(p.dtype == torch.float32 for p in network.parameters())  # the model is never cast
+    with torch.no_grad():  # outside autocast the heads are plain linear layers on the features
+        assert torch.equal(network(images)["logits"], network.fc(network.features(images)))
 
 
 # -- the engine's settings -------------------------------------------------------------------------
@@ -176,10 +169,7 @@ def test_the_bf16_path_keeps_heads_and_losses_fp32(method):
     assert seen and all(s["features"] == torch.bfloat16 and s["logits"] == torch.float32 for s in seen)
     if method == "der":  # the auxiliary head of task 1 was fp32 too
         assert any(s.get("aux_logits") == torch.float32 for s in seen)
-    network, teacher = engine.method.network, engine.method.teacher
-    assert type(network.fc) is Float32Linear
-    assert teacher is None or type(teacher.fc) is Float32Linear
-    assert all(p.dtype == torch.float32 for p in network.parameters())  # the model itself is never cast
+    assert all(p.dtype == torch.float32 for p in engine.method.network.parameters())  # never cast
 
 
 def test_a_diverged_run_fails_naming_the_task_epoch_and_fix():
