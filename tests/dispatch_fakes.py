@@ -6,11 +6,14 @@ O_APPEND file are atomic, so concurrent workers do not interleave lines.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 from typing import TYPE_CHECKING
 
@@ -18,6 +21,39 @@ from benchmark.sweep import Runner
 
 if TYPE_CHECKING:  # not at run time: workers that get no Run need not load torch (the grid imports it)
     from benchmark.grid import Run
+
+
+# A small grid of the dispatch tests: a few methods, a budget or two, one seed.
+EXPERIMENT = """\
+name: {name}
+dataset: cifar100
+scenario: B0Inc50
+methods: {methods}
+budgets: {budgets}
+seeds: [1]
+profile: cpu
+family: [conv2_half, resnet8_half, resnet14_half]
+benchmark_backbone: resnet14_half
+anchor_exemplars: 200
+"""
+
+
+def write_experiment(folder: Path, name: str = "tiny", methods: str = "[finetune, replay, der]",
+                     budgets: str = "[4, 6]") -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(EXPERIMENT.format(name=name, methods=methods, budgets=budgets))
+    return path
+
+
+def run_cli(experiment: Path, results: Path, data_root: Path, *options: str) -> SimpleNamespace:
+    """`run_all.py run` in this process, its exit code and output captured."""
+    import run_all  # late: workers that import this module need no CLI
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = run_all.main(["run", str(experiment), "--results", str(results), "--data-root", str(data_root),
+                             *options])
+    return SimpleNamespace(code=code, out=out.getvalue(), err=err.getvalue())
 
 
 def first_task_key(run: Run) -> str:

@@ -9,8 +9,6 @@ logic is tested in-process (inline).
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -30,41 +28,18 @@ from benchmark.config import load_experiment
 from benchmark.devices import Slot, check_devices, physical_ids, ray_task_resources, worker_slots
 from benchmark.executors import InlineExecutor, Job, LocalExecutor
 from benchmark.grid import expand
-from dispatch_fakes import (ExecuteRun, fake_runner, read_journal, read_record, unwritable_failure,
-                            worker_facts)
+from dispatch_fakes import (ExecuteRun, fake_runner, read_journal, read_record, run_cli, unwritable_failure,
+                            worker_facts, write_experiment)
 
 REPO = Path(__file__).resolve().parents[1]
 
-EXPERIMENT = """\
-name: {name}
-dataset: cifar100
-scenario: B0Inc50
-methods: {methods}
-budgets: {budgets}
-seeds: [1]
-profile: cpu
-family: [conv2_half, resnet8_half, resnet14_half]
-benchmark_backbone: resnet14_half
-anchor_exemplars: 200
-"""
 
 
-def write_experiment(folder: Path, name: str = "tiny", methods: str = "[finetune, replay, der]",
-                     budgets: str = "[4, 6]") -> Path:
-    path = folder / f"{name}.yaml"
-    path.write_text(EXPERIMENT.format(name=name, methods=methods, budgets=budgets))
-    return path
-
-
-def run_cli(runner: sweep.Runner, experiment: Path, results: Path, data_root: Path, *options: str,
-            patch: pytest.MonkeyPatch) -> SimpleNamespace:
+def fake_cli(runner: sweep.Runner, experiment: Path, results: Path, data_root: Path, *options: str,
+             patch: pytest.MonkeyPatch) -> SimpleNamespace:
     """`run_all.py run` with the fake runner; exit code and what it printed."""
     patch.setattr(sweep, "default_runner", lambda: runner)
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = run_all.main(["run", str(experiment), "--results", str(results), "--data-root", str(data_root),
-                             *options])
-    return SimpleNamespace(code=code, out=out.getvalue(), err=err.getvalue())
+    return run_cli(experiment, results, data_root, *options)
 
 
 def executed(journal: Path, job: str = "run") -> list[str]:
@@ -183,7 +158,7 @@ def test_one_error_lists_a_bad_gpu_missing_data_and_a_bad_budget(tmp_path, monke
     monkeypatch.setattr(devices, "visible_gpu_count", lambda: 1)
     experiment = write_experiment(tmp_path, budgets="[0.01]")
     journal = tmp_path / "journal.txt"
-    result = run_cli(fake_runner(journal), experiment, tmp_path / "results", tmp_path / "no-data",
+    result = fake_cli(fake_runner(journal), experiment, tmp_path / "results", tmp_path / "no-data",
                      "--gpus", "0,3", patch=monkeypatch)
     assert result.code == 2
     assert result.err.startswith("error: ")
@@ -194,7 +169,7 @@ def test_one_error_lists_a_bad_gpu_missing_data_and_a_bad_budget(tmp_path, monke
 
 
 def test_backend_options_are_checked(tmp_path, cifar_root, monkeypatch):
-    result = run_cli(fake_runner(tmp_path / "journal.txt"), write_experiment(tmp_path), tmp_path / "results",
+    result = fake_cli(fake_runner(tmp_path / "journal.txt"), write_experiment(tmp_path), tmp_path / "results",
                      cifar_root, "--address", "head:6379", "--runs-per-gpu", "0", patch=monkeypatch)
     assert result.code == 2
     assert "--address head:6379: needs --backend ray" in result.err and "--runs-per-gpu 0" in result.err
@@ -216,7 +191,7 @@ def test_help_answers_without_importing_torch(command):
 
 def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, cifar_root, monkeypatch):
     journal = tmp_path / "journal.txt"
-    result = run_cli(fake_runner(journal), write_experiment(tmp_path), tmp_path / "results", cifar_root,
+    result = fake_cli(fake_runner(journal), write_experiment(tmp_path), tmp_path / "results", cifar_root,
                      "--gpus", "cpu", "--workers", "2", "--backend", "joblib", "--only-plan-check",
                      patch=monkeypatch)
     assert result.code == 0
@@ -237,7 +212,7 @@ def test_resume_after_a_kill_runs_only_the_missing_runs(tmp_path, cifar_root, mo
     killed.mkdir(parents=True)
     (killed / "record.json.tmp").write_text('{"run_id": "' + runs[2].run_id)
     journal = tmp_path / "journal.txt"
-    first = run_cli(fake_runner(journal), experiment, tmp_path / "results", cifar_root,
+    first = fake_cli(fake_runner(journal), experiment, tmp_path / "results", cifar_root,
                     "--gpus", "cpu", "--backend", "inline", "--keep-checkpoints", patch=monkeypatch)
     assert first.code == 0, first.err
     assert "5 runs: 2 complete (skipped), 0 failed (skipped), 3 to run" in first.out
@@ -247,7 +222,7 @@ def test_resume_after_a_kill_runs_only_the_missing_runs(tmp_path, cifar_root, mo
     assert grid["experiment"] == "tiny" and len(grid["cells"]) == 6  # finetune's run serves both budgets
     assert {cell["run_id"] for cell in grid["cells"]} == {run.run_id for run in runs}
     assert (experiment_dir / "runs.csv").exists() and "runs.csv" in first.out  # the report follows the run
-    second = run_cli(fake_runner(journal), experiment, tmp_path / "results", cifar_root,
+    second = fake_cli(fake_runner(journal), experiment, tmp_path / "results", cifar_root,
                      "--gpus", "cpu", "--backend", "inline", patch=monkeypatch)
     assert second.code == 0
     assert "5 runs: 5 complete (skipped), 0 failed (skipped), 0 to run" in second.out
@@ -260,7 +235,7 @@ def test_a_failed_first_task_fails_its_runs_and_the_others_go_on(tmp_path, cifar
     experiment = write_experiment(tmp_path)
     runs = expand(load_experiment(experiment))
     journal = tmp_path / "journal.txt"
-    result = run_cli(fake_runner(journal, fail_keys=("B0Inc50-seed1-der",)), experiment, tmp_path / "results",
+    result = fake_cli(fake_runner(journal, fail_keys=("B0Inc50-seed1-der",)), experiment, tmp_path / "results",
                      cifar_root, "--gpus", "cpu", "--backend", "inline", patch=monkeypatch)
     assert result.code == 1
     experiment_dir = tmp_path / "results" / "tiny"
@@ -279,7 +254,7 @@ def test_experiments_write_only_into_their_own_folder(tmp_path, cifar_root, monk
     results = tmp_path / "results"
     for name, methods in (("one", "[finetune]"), ("two", "[replay]")):
         experiment = write_experiment(tmp_path, name=name, methods=methods)
-        result = run_cli(fake_runner(tmp_path / f"{name}.txt"), experiment, results, cifar_root,
+        result = fake_cli(fake_runner(tmp_path / f"{name}.txt"), experiment, results, cifar_root,
                          "--gpus", "cpu", "--backend", "inline", patch=monkeypatch)
         assert result.code == 0, result.err
         ids = {run.run_id for run in expand(load_experiment(experiment))}
@@ -291,7 +266,7 @@ def test_runs_go_longest_first_after_their_first_task(tmp_path, cifar_root, monk
     experiment = write_experiment(tmp_path, methods="[finetune, replay, der, joint]")
     runs = expand(load_experiment(experiment))
     journal = tmp_path / "journal.txt"
-    result = run_cli(fake_runner(journal), experiment, tmp_path / "results", cifar_root,
+    result = fake_cli(fake_runner(journal), experiment, tmp_path / "results", cifar_root,
                      "--gpus", "cpu", "--backend", "inline", patch=monkeypatch)
     assert result.code == 0, result.err
     kinds = [entry["job"] for entry in read_journal(journal)]
@@ -305,7 +280,7 @@ def test_a_failure_that_cannot_be_recorded_is_reported_and_the_sweep_goes_on(tmp
     experiment = write_experiment(tmp_path)
     journal = tmp_path / "journal.txt"
     runner = fake_runner(journal, fail_keys=("B0Inc50-seed1-der",), write_failed=unwritable_failure)
-    result = run_cli(runner, experiment, tmp_path / "results", cifar_root, "--gpus", "cpu", "--backend", "inline",
+    result = fake_cli(runner, experiment, tmp_path / "results", cifar_root, "--gpus", "cpu", "--backend", "inline",
                      patch=monkeypatch)
     assert result.code == 1
     ders = [run.run_id for run in expand(load_experiment(experiment)) if run.method == "der"]
@@ -341,7 +316,7 @@ def test_runs_and_first_tasks_held_by_another_process_are_waited_for_not_redone(
     monkeypatch.setattr(sweep, "RETRY_SECONDS", 0.2)
     with ThreadPoolExecutor(1) as background:
         finishing = background.submit(finish_elsewhere)
-        result = run_cli(fake_runner(journal), experiment, results, cifar_root, "--gpus", "cpu",
+        result = fake_cli(fake_runner(journal), experiment, results, cifar_root, "--gpus", "cpu",
                          "--backend", "inline", patch=monkeypatch)
         finishing.result()
     for holder in holders:
@@ -435,7 +410,7 @@ def local_grid(tmp_path_factory, cifar_root):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(devices, "visible_gpu_count", lambda: 2)
         patch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-        result = run_cli(runner, experiment, tmp / "results", cifar_root, "--gpus", "0,1", patch=patch)
+        result = fake_cli(runner, experiment, tmp / "results", cifar_root, "--gpus", "0,1", patch=patch)
     return SimpleNamespace(result=result, runs=runs, killed=der[0], journal=read_journal(journal),
                            experiment=experiment, results=tmp / "results", experiment_dir=tmp / "results" / "tiny")
 
@@ -488,12 +463,12 @@ def test_failed_runs_are_skipped_until_retried(local_grid, tmp_path, cifar_root,
     shutil.copytree(local_grid.results, results)
     journal = tmp_path / "journal.txt"
     monkeypatch.setattr(devices, "visible_gpu_count", lambda: 2)  # the same (CUDA) runs as the grid's
-    skipped = run_cli(fake_runner(journal), local_grid.experiment, results, cifar_root,
+    skipped = fake_cli(fake_runner(journal), local_grid.experiment, results, cifar_root,
                       "--gpus", "0", "--backend", "inline", patch=monkeypatch)
     assert skipped.code == 1 and not journal.exists()
     assert "5 runs: 2 complete (skipped), 3 failed (skipped), 0 to run" in skipped.out
     assert local_grid.killed in skipped.err and "--retry-failed" in skipped.err
-    retried = run_cli(fake_runner(journal), local_grid.experiment, results, cifar_root,
+    retried = fake_cli(fake_runner(journal), local_grid.experiment, results, cifar_root,
                       "--gpus", "0", "--backend", "inline", "--retry-failed", patch=monkeypatch)
     assert retried.code == 0, retried.err
     assert "5 runs: 2 complete (skipped), 3 failed (retrying), 3 to run" in retried.out

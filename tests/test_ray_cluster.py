@@ -6,8 +6,6 @@ never reads, so the records the report finds came back through the driver.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import re
@@ -18,52 +16,30 @@ from types import SimpleNamespace
 
 import pytest
 
-import run_all
 from benchmark import devices, sweep
 from benchmark.config import load_experiment
 from benchmark.grid import expand
 from benchmark.locks import claim_run
 from benchmark.ray_executor import NODE_RESULTS, NodeCheck, NodeFile, check_node, run_on_node, source_version
-from dispatch_fakes import ExecuteRun, fake_runner, read_journal, read_record, record_status
+from dispatch_fakes import (ExecuteRun, fake_runner, read_journal, read_record, record_status, run_cli,
+                            write_experiment)
 
 ray = pytest.importorskip("ray")
 
-EXPERIMENT = """\
-name: tiny
-dataset: cifar100
-scenario: B0Inc50
-methods: {methods}
-budgets: {budgets}
-seeds: [1]
-profile: cpu
-family: [conv2_half, resnet8_half, resnet14_half]
-benchmark_backbone: resnet14_half
-anchor_exemplars: 200
-"""
 
 
-def write_experiment(folder: Path, methods: str, budgets: str) -> Path:
-    path = folder / "tiny.yaml"
-    path.write_text(EXPERIMENT.format(methods=methods, budgets=budgets))
-    return path
-
-
-def run_cli(runner: sweep.Runner, experiment: Path, results: Path, data_root: Path, *options: str,
+def ray_cli(runner: sweep.Runner, experiment: Path, results: Path, data_root: Path, *options: str,
             patch: pytest.MonkeyPatch) -> SimpleNamespace:
     patch.setattr(sweep, "default_runner", lambda: runner)
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = run_all.main(["run", str(experiment), "--results", str(results), "--data-root", str(data_root),
-                             "--backend", "ray", *options])
-    return SimpleNamespace(code=code, out=out.getvalue(), err=err.getvalue())
+    return run_cli(experiment, results, data_root, "--backend", "ray", *options)
 
 
 # -- a local instance --------------------------------------------------------------------------------
 def test_ray_backend_runs_a_grid_on_a_local_instance(tmp_path, cifar_root, monkeypatch):
-    experiment = write_experiment(tmp_path, "[finetune, replay]", "[4]")
+    experiment = write_experiment(tmp_path, methods="[finetune, replay]", budgets="[4]")
     runs = {run.method: run for run in expand(load_experiment(experiment))}
     journal = tmp_path / "journal.txt"
-    result = run_cli(fake_runner(journal, exit_for=("replay",)), experiment, tmp_path / "results", cifar_root,
+    result = ray_cli(fake_runner(journal, exit_for=("replay",)), experiment, tmp_path / "results", cifar_root,
                      "--gpus", "cpu", patch=monkeypatch)
     assert result.code == 1, result.err
     assert "local Ray instance" in result.out
@@ -83,7 +59,7 @@ def test_a_ray_address_where_nothing_listens_fails_in_seconds(tmp_path, cifar_ro
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     started = time.monotonic()
-    result = run_cli(fake_runner(tmp_path / "journal.txt"), write_experiment(tmp_path, "[finetune]", "[4]"),
+    result = ray_cli(fake_runner(tmp_path / "journal.txt"), write_experiment(tmp_path, methods="[finetune]", budgets="[4]"),
                      tmp_path / "results", cifar_root, "--address", f"127.0.0.1:{port}", patch=monkeypatch)
     assert result.code == 2 and time.monotonic() - started < 10
     assert f"--address 127.0.0.1:{port}: nothing answers there" in result.err
@@ -114,7 +90,7 @@ def test_the_node_check_names_missing_data_other_code_and_an_unwritable_results_
 
 
 def test_a_run_on_a_node_writes_its_model_there_and_sends_back_a_record_it_has(tmp_path, monkeypatch):
-    run = expand(load_experiment(write_experiment(tmp_path, "[finetune]", "[4]")))[0]
+    run = expand(load_experiment(write_experiment(tmp_path, methods="[finetune]", budgets="[4]")))[0]
     driver, node, journal = tmp_path / "driver", tmp_path / "node", tmp_path / "journal.txt"
     monkeypatch.setenv(NODE_RESULTS, str(node))
     arguments = dict(claim=claim_run, model=NodeFile("first_task/key.pt", b"weights"), results_root=driver,
@@ -154,10 +130,10 @@ def test_without_a_shared_disk_models_and_records_travel_through_the_driver(clus
                                                                             monkeypatch):
     """One first-task model, two slow runs of it at once: with 1 CPU per node they run on both
     nodes, so one of them needs the model trained on the other node."""
-    experiment = write_experiment(tmp_path, "[replay]", "[4, 6]")
+    experiment = write_experiment(tmp_path, methods="[replay]", budgets="[4, 6]")
     runs = expand(load_experiment(experiment))
     journal, results = tmp_path / "journal.txt", tmp_path / "driver-results"
-    result = run_cli(fake_runner(journal, slow_for=("replay",)), experiment, results, cifar_root,
+    result = ray_cli(fake_runner(journal, slow_for=("replay",)), experiment, results, cifar_root,
                      "--address", cluster.address, patch=monkeypatch)
     assert result.code == 0, result.err
     assert [entry["job"] for entry in read_journal(journal)].count("first_task") == 1  # trained once, on one node
@@ -177,7 +153,7 @@ def test_without_a_shared_disk_models_and_records_travel_through_the_driver(clus
 
 def test_a_cluster_that_does_not_share_the_disk_refuses_ray_shared_fs(cluster, tmp_path, cifar_root, monkeypatch):
     journal = tmp_path / "journal.txt"
-    result = run_cli(fake_runner(journal), write_experiment(tmp_path, "[finetune]", "[4]"), tmp_path / "results",
+    result = ray_cli(fake_runner(journal), write_experiment(tmp_path, methods="[finetune]", budgets="[4]"), tmp_path / "results",
                      cifar_root, "--address", cluster.address, "--ray-shared-fs", patch=monkeypatch)
     assert result.code == 2 and not journal.exists()
     assert "error: the node check failed on 2 of 2 Ray node(s); nothing was run:" in result.err

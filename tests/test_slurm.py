@@ -7,8 +7,6 @@ sbatch, srun, scancel and sacct are shell stand-ins that log their arguments (no
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import re
@@ -28,7 +26,7 @@ from benchmark.devices import python_path
 from benchmark.executors import CRASH, Job
 from benchmark.grid import expand
 from benchmark.slurm import SlurmExecutor, SlurmOptions
-from dispatch_fakes import fake_runner, read_journal, worker_facts
+from dispatch_fakes import fake_runner, read_journal, run_cli, worker_facts
 
 pytest.importorskip("submitit")
 
@@ -208,18 +206,14 @@ def test_first_tasks_go_first_and_never_more_jobs_than_the_limit(tmp_path, cifar
 
 
 # -- tiny real runs ---------------------------------------------------------------------------------
-def run_cli(experiment: Path, results: Path, data_root: Path, *options: str) -> SimpleNamespace:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = run_all.main(["run", str(experiment), "--results", str(results), "--data-root", str(data_root),
-                             "--backend", "slurm", *options])
-    return SimpleNamespace(code=code, out=out.getvalue(), err=err.getvalue())
+def slurm_cli(experiment: Path, results: Path, data_root: Path, *options: str) -> SimpleNamespace:
+    return run_cli(experiment, results, data_root, "--backend", "slurm", *options)
 
 
 def test_real_runs_on_the_debug_cluster_then_nothing_left(tmp_path, cifar_root, monkeypatch):
     monkeypatch.setenv(slurm.CLUSTER_VARIABLE, "debug")
     experiment, results = write_experiment(tmp_path), tmp_path / "results"
-    first = run_cli(experiment, results, cifar_root, "--slurm-time", "30")
+    first = slurm_cli(experiment, results, cifar_root, "--slurm-time", "30")
     assert first.code == 0, first.err
     assert ("submitit's debug executor, in this process (CIL_SLURM_CLUSTER=debug) (partition gpu, 0 GPU(s) and "
             "1 CPU(s) per run, 30 min limit, at most 32 jobs at once)") in first.out
@@ -228,7 +222,7 @@ def test_real_runs_on_the_debug_cluster_then_nothing_left(tmp_path, cifar_root, 
     assert {(record["status"], record["origin"]["device"], record["config"]["device_type"]) for record in records} == {
         ("complete", "cpu", "cpu")}
     assert len(list((results / "tiny" / "slurm").glob("DEBUG_*/*_log.out"))) == 3  # first task + 2 runs
-    second = run_cli(experiment, results, cifar_root)
+    second = slurm_cli(experiment, results, cifar_root)
     assert second.code == 0 and "2 runs: 2 complete (skipped), 0 failed (skipped), 0 to run" in second.out
 
 
@@ -258,14 +252,14 @@ def test_a_killed_job_is_recorded_as_crashed_and_resumes_from_its_checkpoint(tmp
 
     with ThreadPoolExecutor(1) as background:  # the driver stays in the main thread (it handles SIGTERM)
         killing = background.submit(kill_after_the_checkpoint)
-        killed = run_cli(experiment, results, cifar_root)
+        killed = slurm_cli(experiment, results, cifar_root)
         killing.result()
     assert killed.code == 1, killed.err
     record = json.loads((folder / "record.json").read_text())
     assert record["status"] == "failed" and record["error"]["type"] == CRASH
     assert record["error"]["message"].startswith("SLURM job ") and "has not produced any output" in record["error"][
         "message"]
-    rerun = run_cli(experiment, results, cifar_root, "--retry-failed")
+    rerun = slurm_cli(experiment, results, cifar_root, "--retry-failed")
     assert rerun.code == 0, rerun.err
     record = json.loads((folder / "record.json").read_text())
     assert record["status"] == "complete" and record["checkpoint"]["resumed_from_task"] == 1
