@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-EXPERIMENT ?= benchmark/configs/cifar100_b0inc20_cpu.yaml
+EXPERIMENT ?= benchmark/config/experiments/cifar100_b0inc20_cpu.yaml
 DATA ?=
 GPUS ?=
 WORKERS ?=
@@ -31,14 +31,14 @@ test: venv
 	$(if $(DATA),CIL_DATA_ROOT=$(DATA) ,)$(PY) -m pytest -q
 
 # Before a grid on a GPU machine: steps, parity, a tiny grid, packing and projected hours (at most
-# ~8 minutes; python -m benchmark.check --help). CHECK_ARGS=--quick is the CPU smoke size.
+# ~8 minutes; python -m benchmark.tools.check --help). CHECK_ARGS=--quick is the CPU smoke size.
 CHECK_ARGS ?=
 check-device: venv
-	$(if $(DATA),CIL_DATA_ROOT=$(DATA) ,)$(PY) -m benchmark.check $(CHECK_ARGS)
+	$(if $(DATA),CIL_DATA_ROOT=$(DATA) ,)$(PY) -m benchmark.tools.check $(CHECK_ARGS)
 
 # The experiment file's JSON schema for editors; tests/test_schema.py fails when it is stale.
 schema: venv
-	$(PY) -m benchmark.config --schema > benchmark/schema.json
+	$(PY) -m benchmark.config --schema > benchmark/config/schema.json
 
 clean-venv:
 	rm -rf $(VENV)

@@ -16,14 +16,16 @@ from typing import TYPE_CHECKING
 
 # Only light modules at the top: `--help` must answer without importing torch (the registry, the
 # planner and the runner import it), so each command imports what it needs when it runs.
-from benchmark import devices, slurm
-from benchmark.executors import BACKENDS, DispatchError
+from benchmark.config import slurm_options
+from benchmark.launch import devices, slurm
+from benchmark.launch.backends import BACKENDS
+from benchmark.launch.executors import DispatchError
 
 if TYPE_CHECKING:
-    from benchmark.grid import Run
-    from benchmark.request import Target
-    from benchmark.resume import Failure
-    from benchmark.sweep import Runner, Summary
+    from benchmark.config.grid import Run
+    from benchmark.launch.request import Target
+    from benchmark.launch.resume import Failure
+    from benchmark.launch.sweep import Runner, Summary
 
 PLAN_COLUMNS = ["method", "seed", "budget_mb", "backbone", "model_params", "exemplars", "model_bytes",
                 "exemplar_bytes", "total_bytes", "policy", "scenario", "point", "point_label",
@@ -34,8 +36,8 @@ INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}   # exit codes: 128 + th
 def plan_command(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from benchmark.config import load_experiment
-    from benchmark.grid import expand, plan_rows
+    from benchmark.config.experiment import load_experiment
+    from benchmark.config.grid import expand, plan_rows
 
     experiment = load_experiment(args.experiment)
     runs = expand(experiment)
@@ -85,9 +87,9 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from benchmark import sweep
-    from benchmark.resume import recorded_failure, sort_by_status
-    from benchmark.request import check_run_request
+    from benchmark.launch import sweep
+    from benchmark.launch.resume import recorded_failure, sort_by_status
+    from benchmark.launch.request import check_run_request
 
     target, problems = check_run_request(args)
     if target is None:
@@ -97,7 +99,7 @@ def _run(args: argparse.Namespace) -> int:
     runner = sweep.default_runner()
     resume = sort_by_status(target.runs, target.experiment_dir, runner.record_status, args.retry_failed)
     workers = args.workers or devices.default_cpu_workers()
-    where = (slurm.describe(slurm.resolve(target.experiment.slurm, args)) if args.backend == "slurm" else
+    where = (slurm.describe(slurm_options.resolve(target.experiment.slurm, args)) if args.backend == "slurm" else
              devices.describe_placement(args.backend, target.gpus, args.runs_per_gpu, workers, args.address))
     print(f"{target.experiment.name}: {resume.line()}")
     if args.dry_run:
@@ -119,25 +121,25 @@ def _run(args: argparse.Namespace) -> int:
 def _write_grid(target: Target) -> None:
     """The current grid's cells, which the report builds its tables from (records of other grids
     in the same folder are left out)."""
-    from benchmark.grid import plan_rows
-    from benchmark.records import write_json_atomic
-    from benchmark.report import GRID_FILE
+    from benchmark.config.grid import plan_rows
+    from benchmark.records.store import write_json_atomic
+    from benchmark.report.writer import GRID_FILE
 
     write_json_atomic(target.experiment_dir / GRID_FILE,
                       {"experiment": target.experiment.name, "cells": plan_rows(target.runs)})
 
 
 def _execute(args: argparse.Namespace, target: Target, runs: list[Run], runner: Runner, where: str) -> Summary:
-    from benchmark.executors import open_executor
-    from benchmark.ray_executor import NodeCheck
-    from benchmark.sweep import Sweep
+    from benchmark.launch.backends import open_executor
+    from benchmark.launch.ray_executor import NodeCheck
+    from benchmark.launch.sweep import Sweep
 
     print(f"running on {where}; results in {target.experiment_dir}")
     workers = args.workers or devices.default_cpu_workers()
     node_check = NodeCheck(target.experiment.dataset, Path(args.data_root).resolve(), Path(args.results).resolve())
     executor = open_executor(args.backend, target.gpus, args.runs_per_gpu, workers, args.address,
                              target.experiment_dir, node_check, args.ray_shared_fs,
-                             slurm.resolve(target.experiment.slurm, args))
+                             slurm_options.resolve(target.experiment.slurm, args))
     finished = False
     try:
         summary = Sweep(runs, target.experiment_dir, Path(args.results), Path(args.data_root), executor, runner,
@@ -168,7 +170,7 @@ def failure_lines(failures: list[Failure], experiment_dir: Path) -> list[str]:
 
 
 def _print_dry_run(runs: list[Run], runner: Runner, where: str) -> int:
-    from benchmark.sweep import expected_cost, group_by_first_task
+    from benchmark.launch.sweep import expected_cost, group_by_first_task
 
     keys = group_by_first_task(runs, runner)
     print(f"would train {len(keys)} first-task model(s), then {len(runs)} run(s), longest first, on {where}")
@@ -191,7 +193,7 @@ def report_command(args: argparse.Namespace) -> int:
 
 
 def _report(experiment_dir: Path) -> None:
-    from benchmark.report import write_report  # late: plotting libraries load only when reporting
+    from benchmark.report.writer import write_report  # late: plotting libraries load only when reporting
 
     paths = write_report(experiment_dir)
     if paths:
@@ -243,13 +245,13 @@ def _add_run_parser(commands: argparse._SubParsersAction) -> None:
                           "runs keep theirs, to go on from it)")
     run.add_argument("--dry-run", "--only-plan-check", dest="dry_run", action="store_true",
                      help="validate and print what would run, then stop")
-    slurm.add_arguments(run)
+    slurm_options.add_arguments(run)
     run.set_defaults(handler=run_command)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from benchmark.config import ConfigError  # after parsing: `--help` has exited already
+    from benchmark.config.experiment import ConfigError  # after parsing: `--help` has exited already
     from budgets.planner import BudgetError
 
     try:

@@ -87,7 +87,7 @@ class IncrementalNet(nn.Module):
         features = self.features(images)
         # Under bf16 autocast only the backbones run in bf16: the heads compute in fp32, because
         # their logits feed softmax and distillation at temperature T, where bf16's 8-bit mantissa
-        # would blur small differences (benchmark/precision.py). Outside autocast this changes nothing.
+        # would blur small differences (benchmark/config/precision.py). Outside autocast this changes nothing.
         with torch.autocast(images.device.type, enabled=False):
             heads_input = features.float()
             out = {"features": features, "logits": self.fc(heads_input)}

@@ -1,4 +1,4 @@
-"""Stand-ins for benchmark.runner in the dispatch tests: no training, only the files a runner leaves.
+"""Stand-ins for benchmark.train.runner in the dispatch tests: no training, only the files a runner leaves.
 
 Module-level, so worker processes (local and Ray) import them by name. Each fake appends one line
 per call to a journal file, which is how the tests count what ran where; small appends to an
@@ -17,10 +17,10 @@ from types import SimpleNamespace
 
 from typing import TYPE_CHECKING
 
-from benchmark.sweep import Runner
+from benchmark.launch.sweep import Runner
 
 if TYPE_CHECKING:  # not at run time: workers that get no Run need not load torch (the grid imports it)
-    from benchmark.grid import Run
+    from benchmark.config.grid import Run
 
 
 # A small grid of the dispatch tests: a few methods, a budget or two, one seed.

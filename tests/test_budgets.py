@@ -138,10 +138,10 @@ def test_imagenet_budgets_use_imagenet_image_size():
 def test_default_bench_puts_model_memory_against_exemplars():
     """The `make bench` curve must show the trade-off the suite measures: at its last point DER's and
     MEMO's models hold at least half of the budget, and the curve spans at least 3x in memory."""
-    from benchmark.config import load_experiment
-    from benchmark.grid import expand
+    from benchmark.config.experiment import load_experiment
+    from benchmark.config.grid import expand
 
-    runs = expand(load_experiment("benchmark/configs/cifar100_b0inc20_cpu.yaml"))
+    runs = expand(load_experiment("benchmark/config/experiments/cifar100_b0inc20_cpu.yaml"))
     cells = [cell for run in runs for cell in run.cells if cell.budget_bytes is not None]
     budgets = sorted({cell.budget_bytes for cell in cells})
     assert budgets[-1] / budgets[0] >= 3

@@ -1,4 +1,4 @@
-"""The device check (benchmark.check): its pure parts on hand-made inputs, and the whole check at
+"""The device check (benchmark.tools.check): its pure parts on hand-made inputs, and the whole check at
 the CI smoke size on the CPU in a subprocess."""
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark import check_grid, check_steps, packing, projection
-from benchmark.check_parity import augment_with, augmentation_parameters, augmentation_problems
-from benchmark.grid import Run
-from benchmark.runner import first_task_key
-from benchmark.timing import method_run, speed_experiment, synthetic_data, task_engine
+from benchmark.tools import check_grid, check_steps, packing, projection
+from benchmark.tools.check_parity import augment_with, augmentation_parameters, augmentation_problems
+from benchmark.config.grid import Run
+from benchmark.train.runner import first_task_key
+from benchmark.tools.timing import method_run, speed_experiment, synthetic_data, task_engine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -133,7 +133,7 @@ def test_where_names_the_suites_own_frame():
     try:
         check_grid.resume_problems(None)  # type: ignore[arg-type]  -- raises inside the suite's code
     except TypeError as error:
-        assert check_steps._where(error).startswith("benchmark/check_grid.py:")
+        assert check_steps._where(error).startswith("benchmark/tools/check_grid.py:")
 
 
 # -- parity and grid helpers ---------------------------------------------------------------------------
@@ -171,7 +171,7 @@ def test_record_problems_name_incomplete_records(tmp_path):
 def test_quick_device_check_passes_every_section_on_the_cpu(tmp_path, cifar_root):
     out = tmp_path / "check.json"
     env = {**os.environ, "CIL_DATA_ROOT": str(cifar_root)}
-    done = subprocess.run([sys.executable, "-m", "benchmark.check", "--device", "cpu", "--quick", "--json", str(out)],
+    done = subprocess.run([sys.executable, "-m", "benchmark.tools.check", "--device", "cpu", "--quick", "--json", str(out)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads(out.read_text())

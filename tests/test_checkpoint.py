@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark import checkpoints
-from benchmark.config import parse_experiment
-from benchmark.grid import expand
-from benchmark.records import record_path, run_dir
-from benchmark.runner import execute_run
+from benchmark.train import checkpoints
+from benchmark.config.experiment import parse_experiment
+from benchmark.config.grid import expand
+from benchmark.records.store import record_path, run_dir
+from benchmark.train.runner import execute_run
 
 REPO = Path(__file__).resolve().parents[1]
 EXEMPLAR_METHODS = ["replay", "icarl", "wa", "der", "memo"]
@@ -126,8 +126,8 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_result(method, runs, cifar_r
 KILL_SCRIPT = """
 import os, pickle, signal, sys
 from pathlib import Path
-from benchmark import checkpoints
-from benchmark.runner import execute_run
+from benchmark.train import checkpoints
+from benchmark.train.runner import execute_run
 
 run, experiment_dir, results_root, data_root, kill_after = pickle.loads(bytes.fromhex(sys.argv[1]))
 save = checkpoints.save
@@ -218,8 +218,8 @@ def test_checkpoint_files_are_readable_by_others(runs):
 def test_resume_restores_everything_it_saved(method, runs, cifar_root, tmp_path):
     """Restore a finished run's checkpoint into a fresh engine and save it again: the same tensors
     (network, teacher, exemplars, RNG states), the same results, the same frozen parts."""
-    from benchmark.runner import _settings, new_method, prepare_data
-    from benchmark.engine import Engine
+    from benchmark.train.runner import _settings, new_method, prepare_data
+    from benchmark.train.engine import Engine
 
     run = runs["runs"][method]
     source = checkpoints.checkpoint_path(run_dir(runs["root"] / "whole", run.run_id))

@@ -14,15 +14,15 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from benchmark import profiles
-from benchmark.config import ConfigError, ConfigWarning, load_experiment, parse_experiment
-from benchmark.grid import expand
-from benchmark.profiles import Schedule, get_profile, load_profile_file
+from benchmark.config import profile as profiles
+from benchmark.config.experiment import ConfigError, ConfigWarning, load_experiment, parse_experiment
+from benchmark.config.grid import expand
+from benchmark.config.profile import Schedule, get_profile, load_profile_file
 from methods import METHODS
 from methods.base import Method
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "benchmark" / "configs"
+CONFIGS = REPO / "benchmark" / "config" / "experiments"
 PAPER = CONFIGS / "cifar100_b0inc10_paper.yaml"
 GOOD = {"name": "t", "dataset": "cifar100", "scenario": "B0Inc10", "methods": ["replay"],
         "budgets": "paper", "seeds": [1993], "profile": "paper"}

@@ -1,4 +1,4 @@
-"""Dispatch (benchmark.executors, benchmark.sweep, benchmark.locks, run_all.py run) with fake
+"""Dispatch (benchmark.launch.executors, benchmark.launch.sweep, benchmark.launch.locks, run_all.py run) with fake
 runners (tests/dispatch_fakes.py): devices, validation, order, resume, failures, first tasks,
 locks shared between processes, and the local-process executor. No training happens here;
 tests/test_crash_safety.py kills real runs, tests/test_ray_cluster.py and tests/test_slurm.py
@@ -23,11 +23,11 @@ from types import SimpleNamespace
 import pytest
 
 import run_all
-from benchmark import devices, locks, request, sweep
-from benchmark.config import load_experiment
-from benchmark.devices import Slot, check_devices, physical_ids, ray_task_resources, worker_slots
-from benchmark.executors import InlineExecutor, Job, LocalExecutor
-from benchmark.grid import expand
+from benchmark.launch import devices, locks, request, sweep
+from benchmark.config.experiment import load_experiment
+from benchmark.launch.devices import Slot, check_devices, physical_ids, ray_task_resources, worker_slots
+from benchmark.launch.executors import InlineExecutor, Job, LocalExecutor
+from benchmark.config.grid import expand
 from dispatch_fakes import (ExecuteRun, fake_runner, read_journal, read_record, run_cli, unwritable_failure,
                             worker_facts, write_experiment)
 
@@ -108,7 +108,7 @@ def test_expected_cost_puts_joint_then_growing_models_then_the_most_images_first
 def hold_lock(path: Path, until: Path) -> subprocess.Popen:
     """Another process holding `path`'s lock until the file `until` appears (or it is killed)."""
     code = ("import sys, time; sys.path.insert(0, sys.argv[3]); from pathlib import Path; "
-            "from benchmark.locks import try_lock\n"
+            "from benchmark.launch.locks import try_lock\n"
             "with try_lock(Path(sys.argv[1])) as taken:\n"
             "    print(taken, flush=True)\n"
             "    while not Path(sys.argv[2]).exists(): time.sleep(0.05)\n")

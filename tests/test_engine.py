@@ -24,10 +24,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark.config import parse_experiment
-from benchmark.grid import Run, expand
-from benchmark.records import record_path, record_status, run_dir, write_json_atomic
-from benchmark.runner import execute_run, first_task_path
+from benchmark.config.experiment import parse_experiment
+from benchmark.config.grid import Run, expand
+from benchmark.records.store import record_path, record_status, run_dir, write_json_atomic
+from benchmark.train.runner import execute_run, first_task_path
 from methods import METHODS
 from methods.finetune import Finetune
 

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmark.config import parse_experiment
+from benchmark.config.experiment import parse_experiment
 from benchmark.data.image_cache import CACHE_ENV
 from benchmark.data.specs import DATASETS
-from benchmark.grid import expand
-from benchmark.runner import execute_run
+from benchmark.config.grid import expand
+from benchmark.train.runner import execute_run
 from methods import METHODS
 from methods.backbones import BACKBONES
 

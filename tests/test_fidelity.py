@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark.config import parse_experiment
+from benchmark.config.experiment import parse_experiment
 from benchmark.data import DATASETS
-from benchmark.grid import expand
+from benchmark.config.grid import expand
 from methods import METHODS, Task
 from methods.backbones import BACKBONES, build_backbone, input_kind
 from methods.backbones.cifar_resnet import BasicBlock, ZeroPadShortcut
@@ -258,7 +258,7 @@ def test_normalization_constants_are_pycils():
 
 # -- 5. the first-task spread script ---------------------------------------------------------------
 def test_first_task_spread_summary_and_run():
-    from benchmark.first_task_spread import spread_run, summary
+    from benchmark.tools.first_task_spread import spread_run, summary
     stats = summary({1: 10.0, 2: 20.0, 3: 36.0})
     # sample std: sqrt((12^2 + 2^2 + 14^2) / (3 - 1)) = sqrt(172) = 13.114877
     assert (stats["mean"], stats["min"], stats["max"]) == (22.0, 10.0, 36.0)

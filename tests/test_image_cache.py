@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmark import batches as batches_module
-from benchmark.batches import (CachedSource, ConcatSource, FolderSource, TensorSource, concat, gather_rows,
+from benchmark.train import batches as batches_module
+from benchmark.train.batches import (CachedSource, ConcatSource, FolderSource, TensorSource, concat, gather_rows,
                                pins_memory, select, source_of, to_chw_tensor)
 from benchmark.data import DataError, FolderImageSet, imageset
 from benchmark.data.image_cache import CACHE_ENV, cache_dir_for
@@ -264,7 +264,7 @@ def test_pinned_memory_only_for_cuda(image_paths, tmp_path, monkeypatch):
 
 
 def test_io_speed_runs_and_checks_its_arguments(tmp_path, capsys):
-    from benchmark import io_speed
+    from benchmark.tools import io_speed
 
     io_speed.main(["--images", "5", "--batch-size", "2", "--size", "240x230", "--workdir", str(tmp_path)])
     out = capsys.readouterr().out

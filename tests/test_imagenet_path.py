@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmark.batches import Augmentation, CachedSource, ConcatSource, source_of
+from benchmark.train.batches import Augmentation, CachedSource, ConcatSource, source_of
 from benchmark.data import load_dataset
 from benchmark.data.image_cache import CACHE_ENV
-from benchmark.engine import Engine, EngineSettings, RunData
-from benchmark.profiles import Schedule
+from benchmark.train.engine import Engine, EngineSettings, RunData
+from benchmark.config.profile import Schedule
 from methods import METHODS
 
 

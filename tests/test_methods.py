@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.evaluation import accuracy, class_means, nme_predict
+from benchmark.train.evaluation import accuracy, class_means, nme_predict
 from budgets.accounting import module_params
 from budgets.planner import PlanContext, final_model, method_model
 from methods import METHODS, Method, Task, register
@@ -611,9 +611,9 @@ def test_build_network_kinds():
 def test_random_selection_draws_each_class_separately():
     """With random selection, each class gets its own draw (a shared seed would pick the same
     positions in every class)."""
-    from benchmark.batches import Augmentation, TensorSource
-    from benchmark.engine import Engine, EngineSettings, RunData
-    from benchmark.profiles import Schedule
+    from benchmark.train.batches import Augmentation, TensorSource
+    from benchmark.train.engine import Engine, EngineSettings, RunData
+    from benchmark.config.profile import Schedule
     from methods import METHODS
 
     images = torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1).expand(40, 3, 8, 8).contiguous()

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from benchmark.metrics import (HIGHER_IS_BETTER, accuracy_matrix, accuracy_per_memory,
+from benchmark.records.metrics import (HIGHER_IS_BETTER, accuracy_matrix, accuracy_per_memory,
                                area_under_curve, average_incremental_accuracy, forgetting,
                                last_accuracy)
 
@@ -104,8 +104,8 @@ def test_higher_is_better_directions():
 
 def test_mb_has_one_definition():
     # The report's MB conversions use the memory accounting's MB; metrics defines none of its own.
-    import benchmark.metrics as metrics
-    import benchmark.tables as tables
+    import benchmark.records.metrics as metrics
+    import benchmark.report.tables as tables
     from budgets.accounting import MB
 
     assert MB == 2**20 and not hasattr(metrics, "MB") and tables.MB is MB

@@ -11,14 +11,14 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark import runner
-from benchmark.batches import Augmentation, TensorSource
-from benchmark.config import parse_experiment
-from benchmark.engine import DivergedError, Engine, EngineSettings, RunData
-from benchmark.grid import expand, precision_problems
-from benchmark.precision import precision_problem
-from benchmark.profiles import Schedule
-from benchmark.records import origin, record_path, write_json_atomic
+from benchmark.train import runner
+from benchmark.train.batches import Augmentation, TensorSource
+from benchmark.config.experiment import parse_experiment
+from benchmark.train.engine import DivergedError, Engine, EngineSettings, RunData
+from benchmark.config.grid import expand, precision_problems
+from benchmark.config.precision import precision_problem
+from benchmark.config.profile import Schedule
+from benchmark.records.store import origin, record_path, write_json_atomic
 from methods import METHODS
 from methods.networks import build_network
 from methods.replay import Replay
@@ -47,7 +47,7 @@ def test_precision_defaults_to_fp32_and_is_part_of_the_run_identity():
 
 
 def test_training_revision_keeps_older_codes_records_and_models_apart(monkeypatch):
-    from benchmark import grid
+    from benchmark.config import grid
 
     now = runs_of()["replay"]
     assert now.training["revision"] == grid.TRAINING_REVISION
@@ -121,7 +121,7 @@ def test_eval_and_herding_batch_sizes_reach_the_engine(monkeypatch):
     settings = runner._settings(run, run.exemplars)
     assert settings.eval_batch_size == 7 and settings.herding_batch_size == 3 and settings.precision == "fp32"
     assert run.run_id != runs_of()["replay"].run_id
-    import benchmark.engine as engine_module
+    import benchmark.train.engine as engine_module
 
     seen = []
     extract = engine_module.extract
@@ -234,7 +234,7 @@ def test_origin_records_the_speed_settings_and_versions():
 
 def test_records_are_readable_by_other_users(tmp_path):
     """mkstemp makes files 0600; a record must end 0666 less the umask (0644 under the usual 022)."""
-    from benchmark.records import _umask
+    from benchmark.records.store import _umask
 
     mask = os.umask(0o022)
     _umask.cache_clear()  # read again under the umask set here

@@ -1,4 +1,4 @@
-"""Ray (benchmark.ray_executor) through `run_all.py run --backend ray` with the fake runners of
+"""Ray (benchmark.launch.ray_executor) through `run_all.py run --backend ray` with the fake runners of
 tests/dispatch_fakes.py: a local instance, an address nobody answers at, the node check, and a
 local two-node cluster (ray.cluster_utils, 1 CPU per node) whose nodes have no disk in common
 with the driver: each node keeps its results under its own $CIL_NODE_RESULTS, which the driver
@@ -16,11 +16,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from benchmark import devices, sweep
-from benchmark.config import load_experiment
-from benchmark.grid import expand
-from benchmark.locks import claim_run
-from benchmark.ray_executor import NODE_RESULTS, NodeCheck, NodeFile, check_node, run_on_node, source_version
+from benchmark.launch import devices, sweep
+from benchmark.config.experiment import load_experiment
+from benchmark.config.grid import expand
+from benchmark.launch.locks import claim_run
+from benchmark.launch.ray_executor import NODE_RESULTS, NodeCheck, NodeFile, check_node, run_on_node, source_version
 from dispatch_fakes import (ExecuteRun, fake_runner, read_journal, read_record, record_status, run_cli,
                             write_experiment)
 

@@ -16,9 +16,9 @@ import matplotlib.image
 import pandas as pd
 import pytest
 
-from benchmark import columns
-from benchmark.report import GRID_FILE, load_records, write_report
-from benchmark.tables import (auc_table, format_auc, format_summary, runs_table, summary_table,
+from benchmark.report import columns
+from benchmark.report.writer import GRID_FILE, load_records, write_report
+from benchmark.report.tables import (auc_table, format_auc, format_summary, runs_table, summary_table,
                               tasks_table)
 from budgets.accounting import MB
 
@@ -284,7 +284,7 @@ def test_write_report_without_complete_runs(tmp_path, capsys):
 
 
 def test_plots_take_the_summary_table_not_runs(runs, tmp_path):
-    from benchmark.plots import plot_accuracy_vs_memory
+    from benchmark.report.plots import plot_accuracy_vs_memory
 
     summary = summary_table(runs)
     paths = plot_accuracy_vs_memory(summary[summary["dataset"] == "cifar100"], tmp_path, "B0Inc10")
@@ -298,7 +298,7 @@ def test_plots_take_the_summary_table_not_runs(runs, tmp_path):
 # ------------------------------------------------------------------- the current grid
 
 def _grid_cell(record: dict, **changes) -> dict:
-    """The grid.json row of a record's cell, shaped as benchmark.grid.plan_rows gives it (no
+    """The grid.json row of a record's cell, shaped as benchmark.config.grid.plan_rows gives it (no
     dataset: the record brings it)."""
     cell = {key: value for key, value in record["cell"].items() if key != "dataset"}
     return {"run_id": record["run_id"], **cell, **changes}
@@ -442,7 +442,7 @@ def _report_files(experiment: Path) -> dict[str, bytes]:
 
 
 def test_a_failing_report_leaves_the_previous_set_whole(experiment, monkeypatch):
-    from benchmark import plots
+    from benchmark.report import plots
 
     with pytest.warns(UserWarning):
         write_report(experiment)
@@ -462,7 +462,7 @@ def test_a_failing_report_leaves_the_previous_set_whole(experiment, monkeypatch)
 
 
 def test_a_report_killed_while_moving_is_finished_by_the_next(tmp_path):
-    from benchmark.report import MANIFEST, STAGING_PREFIX, _recover
+    from benchmark.report.writer import MANIFEST, STAGING_PREFIX, _recover
 
     for name in ("runs.csv", "summary.csv"):
         (tmp_path / name).write_text("old")
@@ -569,8 +569,8 @@ def test_method_order_and_colours_follow_the_registry(monkeypatch):
 
 # ------------------------------------------------------------------------------ imports
 
-REPORT_MODULES = ["benchmark.columns", "benchmark.metrics", "benchmark.tables", "benchmark.plots",
-                  "benchmark.report"]
+REPORT_MODULES = ["benchmark.report.columns", "benchmark.records.metrics", "benchmark.report.tables", "benchmark.report.plots",
+                  "benchmark.report.writer"]
 
 
 @pytest.mark.parametrize("module", REPORT_MODULES)
@@ -596,9 +596,9 @@ def _imports(module: str) -> set[str]:
 
 def test_report_modules_import_without_cycles():
     graph = {module: _imports(module) for module in REPORT_MODULES}
-    assert graph["benchmark.plots"] == {"benchmark.columns"}  # figures never build tables
-    assert graph["benchmark.columns"] == graph["benchmark.metrics"] == set()
-    assert graph["benchmark.report"] == {"benchmark.columns", "benchmark.plots", "benchmark.tables"}
+    assert graph["benchmark.report.plots"] == {"benchmark.report.columns"}  # figures never build tables
+    assert graph["benchmark.report.columns"] == graph["benchmark.records.metrics"] == set()
+    assert graph["benchmark.report.writer"] == {"benchmark.report.columns", "benchmark.report.plots", "benchmark.report.tables"}
     done: set[str] = set()
     while len(done) < len(graph):  # peel modules whose imports are all peeled; a cycle never peels
         ready = {module for module, imports in graph.items()

@@ -8,17 +8,17 @@ import jsonschema
 import pytest
 import yaml
 
-from benchmark.config import ExperimentFile, experiment_schema, read_yaml
-from benchmark.profiles import Profile, ProfileFile, Schedule, ScheduleOverride, TrainingOverride
+from benchmark.config.experiment import ExperimentFile, experiment_schema, read_yaml
+from benchmark.config.profile import Profile, ProfileFile, Schedule, ScheduleOverride, TrainingOverride
 
 REPO = Path(__file__).resolve().parents[1]
-COMMITTED = REPO / "benchmark" / "schema.json"
-REGENERATE = "python -m benchmark.config --schema > benchmark/schema.json"
+COMMITTED = REPO / "benchmark" / "config" / "schema.json"
+REGENERATE = "python -m benchmark.config --schema > benchmark/config/schema.json"
 
 
 def test_committed_schema_is_current():
     committed = json.loads(COMMITTED.read_text())
-    assert committed == experiment_schema(), f"benchmark/schema.json is out of date: run `{REGENERATE}`"
+    assert committed == experiment_schema(), f"benchmark/config/schema.json is out of date: run `{REGENERATE}`"
 
 
 def test_schema_command_prints_it():
@@ -48,7 +48,7 @@ def test_training_section_mirrors_the_profile():
         assert TrainingOverride.model_fields[name].description == Profile.__pydantic_fields__[name].description
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "benchmark" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((REPO / "benchmark" / "config" / "experiments").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_experiments_satisfy_the_schema(path):
     jsonschema.Draft202012Validator(experiment_schema()).validate(read_yaml(path))
 
@@ -67,7 +67,7 @@ def test_schema_rejects_what_the_validator_rejects(bad):
 
 
 def test_profile_files_load():
-    for path in sorted((REPO / "benchmark" / "configs" / "profiles").glob("*.yaml")):
+    for path in sorted((REPO / "benchmark" / "config" / "profiles").glob("*.yaml")):
         ProfileFile.model_validate(yaml.safe_load(path.read_text()))
 
 

@@ -1,4 +1,4 @@
-"""SLURM through submitit (benchmark.slurm): the options (experiment file, command line, what
+"""SLURM through submitit (benchmark.launch.slurm): the options (experiment file, command line, what
 reaches submitit and sbatch), job arrays and their order, what a job that SLURM ends becomes, and
 tiny real runs through `run_all.py run --backend slurm` on submitit's debug cluster (in this
 process) and local cluster (a process per job), chosen by CIL_SLURM_CLUSTER.
@@ -20,12 +20,14 @@ from types import SimpleNamespace
 import pytest
 
 import run_all
-from benchmark import slurm, sweep
-from benchmark.config import ConfigError, load_experiment, parse_experiment, read_yaml
-from benchmark.devices import python_path
-from benchmark.executors import CRASH, Job
-from benchmark.grid import expand
-from benchmark.slurm import SlurmExecutor, SlurmOptions
+from benchmark.launch import slurm, sweep
+from benchmark.config.experiment import ConfigError, load_experiment, parse_experiment, read_yaml
+from benchmark.launch.devices import python_path
+from benchmark.launch.executors import CRASH, Job
+from benchmark.config.grid import expand
+from benchmark.config import slurm_options
+from benchmark.config.slurm_options import SlurmOptions
+from benchmark.launch.slurm import SlurmExecutor
 from dispatch_fakes import fake_runner, read_journal, run_cli, worker_facts
 
 pytest.importorskip("submitit")
@@ -104,13 +106,13 @@ def test_the_options_reach_submitit_and_the_sbatch_array_exactly(tmp_path, fake_
 
 def test_the_command_line_wins_over_the_experiment_file(tmp_path):
     section = load_experiment(write_experiment(tmp_path)).slurm
-    resolved = slurm.resolve(section, run_args("--backend", "slurm", "--slurm-time", "30", "--slurm-qos", "low"))
+    resolved = slurm_options.resolve(section, run_args("--backend", "slurm", "--slurm-time", "30", "--slurm-qos", "low"))
     assert resolved.model_dump() == {"partition": "gpu", "time_min": 30, "gpus_per_task": 0, "cpus_per_task": 1,
                                      "mem_gb": None, "account": None, "qos": "low", "constraint": None,
                                      "array_parallelism": 32}
-    assert slurm.resolve(SlurmOptions(), run_args()) == SlurmOptions(time_min=240, gpus_per_task=1, cpus_per_task=4)
+    assert slurm_options.resolve(SlurmOptions(), run_args()) == SlurmOptions(time_min=240, gpus_per_task=1, cpus_per_task=4)
     with pytest.raises(ValueError, match=r"^--slurm-cpus-per-task 0: Input should be greater than 0$"):
-        slurm.resolve(section, run_args("--slurm-cpus-per-task", "0"))
+        slurm_options.resolve(section, run_args("--slurm-cpus-per-task", "0"))
 
 
 def test_a_bad_slurm_section_is_located(tmp_path):

@@ -1,11 +1,11 @@
-"""The speed benchmark (benchmark.speed, benchmark.timing): its options per device, the peak a
+"""The speed benchmark (benchmark.tools.speed, benchmark.tools.timing): its options per device, the peak a
 step is held against, and one tiny run on the CPU."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from benchmark import speed, timing
+from benchmark.tools import speed, timing
 
 
 def test_defaults_follow_the_device():

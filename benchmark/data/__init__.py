@@ -6,7 +6,8 @@ from pathlib import Path
 from .checks import check_dataset
 from .cifar import find_cifar_dir, load_cifar
 from .imagenet import find_imagenet_dir, load_imagenet
-from .imageset import ArrayImageSet, DataError, Dataset, FolderImageSet, ImageSet, per_class_subset
+from .errors import DataError
+from .imageset import ArrayImageSet, Dataset, FolderImageSet, ImageSet, per_class_subset
 from .scenario import Scenario, class_order, incremental_labels, split_tasks
 from .specs import DATASETS, DatasetSpec, dataset_spec
 

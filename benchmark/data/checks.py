@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import cifar
 from .imagenet import find_imagenet_dir
-from .imageset import not_found_error
+from .errors import not_found_error
 from .specs import DatasetSpec, dataset_spec
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .imageset import ArrayImageSet, DataError, Dataset, candidate_dirs, not_found_error
+from .errors import DataError, not_found_error
+from .imageset import ArrayImageSet, Dataset, candidate_dirs
 from .specs import DatasetSpec, dataset_spec
 
 # torchvision class and the folder its download unpacks to.

@@ -27,7 +27,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .imageset import DataError
+from .errors import DataError
 
 FORMAT_VERSION = 1
 CACHE_ENV = "CIL_IMAGE_CACHE"  # a folder for the caches, or "off" to decode every batch instead

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from .image_cache import cache_dir_for
-from .imageset import DataError, Dataset, FolderImageSet, candidate_dirs, not_found_error
+from .errors import DataError, not_found_error
+from .imageset import Dataset, FolderImageSet, candidate_dirs
 from .specs import DatasetSpec
 
 EXTENSIONS = (".jpg", ".jpeg", ".png")

@@ -1,0 +1,137 @@
+"""The grid: an experiment expanded into runs (scenarios x seeds x methods x budget points),
+each planned by the budget planner and named by a hash of everything that shapes its training.
+
+Two cells that would train identically (Finetune keeps no exemplars, so every budget point
+trains the same network) share one run id: the run happens once and its record serves every
+cell it stands for.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from budgets.planner import BudgetError, CellPlan, PlanContext, plan
+from methods import METHODS
+
+from benchmark.config.experiment import Experiment
+from benchmark.data import DATASETS, Scenario
+from benchmark.config.precision import precision_problem
+
+DEVICE_TYPES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run and the grid cells it stands for."""
+
+    experiment: str
+    dataset: str
+    scenario: str
+    seed: int              # class-order seed
+    network_seed: int
+    method: str
+    backbone: str
+    exemplars: int
+    training: dict[str, Any]   # everything else that shapes training (schedules, options, subset)
+    cells: tuple[CellPlan, ...]
+    # A CPU-made model or record must never stand in for a CUDA run: kernels (and bf16) differ.
+    device_type: str = "cpu"
+
+    @property
+    def run_id(self) -> str:
+        return identity_hash(self.identity())
+
+    def identity(self) -> dict[str, Any]:
+        """The resolved config that determines this run's outcome (and so its id)."""
+        return {"dataset": self.dataset, "scenario": self.scenario, "seed": self.seed,
+                "network_seed": self.network_seed, "method": self.method, "backbone": self.backbone,
+                "exemplars": self.exemplars, "device_type": self.device_type, **self.training}
+
+
+def identity_hash(identity: dict[str, Any]) -> str:
+    """The name of what an identity describes (a run's id, a first-task model's key): 12 hex digits
+    of the SHA-256 of its canonical JSON."""
+    canonical = json.dumps(identity, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def plan_context(experiment: Experiment, scenario: str) -> PlanContext:
+    spec = DATASETS[experiment.dataset]
+    per_class = experiment.profile.images_per_class or spec.train_per_class
+    return PlanContext(
+        task_sizes=tuple(Scenario.parse(scenario).task_sizes(spec.num_classes)),
+        image_shape=spec.image_shape, family=experiment.family, benchmark=experiment.benchmark_backbone,
+        policy=experiment.policy, anchor_exemplars=experiment.anchor_exemplars,
+        min_exemplars=experiment.min_exemplars, train_images=spec.num_classes * per_class)
+
+
+# Raised whenever a code change alters what a run trains (initialization, a loss, augmentation):
+# it is part of every run id and first-task key, so records and first-task models made by older
+# code are never taken for the new code's. 2: the reference initialization (docs/fidelity.md).
+TRAINING_REVISION = 2
+
+
+def training_settings(experiment: Experiment, method: str, scenario: str) -> dict[str, Any]:
+    profile = experiment.profile
+    return {
+        "revision": TRAINING_REVISION,
+        "first_task": asdict(profile.first_task),
+        "later_tasks": asdict(profile.later_tasks[method]),
+        "images_per_class": profile.images_per_class,
+        "test_images_per_class": profile.test_images_per_class,
+        "augment": profile.augment,
+        "precision": profile.precision,
+        "eval_batch_size": profile.eval_batch_size,
+        "herding_batch_size": profile.herding_batch_size,
+        "exemplar_selection": experiment.exemplar_selection,
+        "method_options": METHODS.get(method).resolve_options(experiment.method_options.get(method, {}),
+                                                              Scenario.parse(scenario).base),
+    }
+
+
+def expand(experiment: Experiment, device_type: str = "cpu") -> list[Run]:
+    """Every run of the experiment on `device_type` ("cpu" or "cuda"), in a stable order.
+    Raises one BudgetError listing every misfit."""
+    if device_type not in DEVICE_TYPES:
+        raise ValueError(f"device_type {device_type!r} is not allowed; use one of {', '.join(DEVICE_TYPES)}")
+    runs: dict[str, Run] = {}
+    problems: list[str] = []
+    for scenario in experiment.scenarios:
+        try:
+            cells = plan(experiment.methods, experiment.budgets, plan_context(experiment, scenario))
+        except BudgetError as error:
+            problems.append(f"{scenario}: {error}")
+            continue
+        for seed in experiment.seeds:
+            for cell in cells:
+                run = Run(experiment.name, experiment.dataset, scenario, seed, experiment.network_seed,
+                          cell.method, cell.backbone, cell.exemplars,
+                          training_settings(experiment, cell.method, scenario), (cell,), device_type)
+                known = runs.get(run.run_id)
+                runs[run.run_id] = run if known is None else _with_cell(known, cell)
+    if problems:
+        raise BudgetError("\n".join(problems))
+    return list(runs.values())
+
+
+def precision_problems(runs: list[Run], device_type: str) -> list[str]:
+    """Why these runs cannot train on `device_type` (empty when they can), one line per experiment
+    and precision, so validation can refuse the grid before any worker starts."""
+    problems = {(run.experiment, precision_problem(run.training["precision"], device_type)): None for run in runs}
+    return [f"{experiment}: {problem}" for experiment, problem in problems if problem]
+
+
+def _with_cell(run: Run, cell: CellPlan) -> Run:
+    return Run(**{**run.__dict__, "cells": run.cells + (cell,)})
+
+
+def plan_rows(runs: list[Run]) -> list[dict[str, Any]]:
+    """One row per grid cell: what `run_all.py plan --csv` prints."""
+    rows = []
+    for run in runs:
+        for cell in run.cells:
+            row = {"run_id": run.run_id, "scenario": run.scenario, "seed": run.seed, **cell.as_row()}
+            rows.append(row)
+    return rows

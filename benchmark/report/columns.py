@@ -1,0 +1,95 @@
+"""The report's schema, defined once: the columns of every CSV it writes, the accuracy kinds, and
+the order and colour of each method. docs/results.md explains every column listed here (a test
+checks that it lists exactly these, and that the written files carry exactly these).
+
+Tables (benchmark.report.tables), figures (benchmark.report.plots) and the report driver (benchmark.report.writer) all
+import from here and never from each other's internals, so none of them imports another in a cycle.
+"""
+from __future__ import annotations
+
+import zlib
+
+import pandas as pd
+
+from methods import METHODS
+
+KINDS = ("cnn", "nme")
+KIND_NAMES = {"cnn": "CNN", "nme": "NME"}  # how printed tables and figures label each kind
+
+# CNN and NME of the same metric sit side by side in every table.
+ACCURACY_METRICS = [f"{kind}_{name}" for name in ("average_accuracy", "last_accuracy",
+                                                  "forgetting") for kind in KINDS]
+SUMMARY_METRICS = ACCURACY_METRICS + ["paper_total_mb", "strict_total_mb", "wall_seconds"]
+EXPERIMENT_KEYS = ["dataset", "scenario", "policy"]  # one figure set / printed block per value
+CURVE_KEYS = EXPERIMENT_KEYS + ["method"]
+# budget_mb and point_label are keys too: seeds that disagree on them would be a planning bug, and
+# a split row shows it instead of averaging it away.
+GROUP_KEYS = CURVE_KEYS + ["point", "point_label", "budget_mb"]
+
+RUN_COLUMNS = [
+    "run_id", "status", "experiment", "method", "dataset", "scenario", "point", "point_label",
+    "budget_mb", "budget_bytes", "seed", "backbone", "num_backbones", "exemplars", "model_params",
+    "policy", "planned_total_bytes", "planned_total_mb", "paper_total_bytes", "paper_total_mb",
+    "strict_total_bytes", "strict_total_mb", "tasks_completed", *ACCURACY_METRICS, "wall_seconds",
+    "git_sha", "git_dirty", "torch", "device", "python", "hostname", "error_type", "error_message",
+]
+TASK_COLUMNS = [
+    "run_id", "status", "method", "dataset", "scenario", "policy", "point", "point_label",
+    "budget_mb", "seed", "task", "classes_seen", "cnn_accuracy", "nme_accuracy",
+    "exemplars_stored", "paper_total_bytes", "strict_total_bytes", "train_seconds", "eval_seconds",
+]
+SUMMARY_COLUMNS = [*GROUP_KEYS, "n_seeds",
+                   *(f"{metric}_{stat}" for metric in SUMMARY_METRICS for stat in ("mean", "std"))]
+AUC_COLUMNS = [
+    *CURVE_KEYS, "kind", "auc_average", "auc_last", "auc_average_std", "auc_last_std", "n_points",
+    "n_seeds", "memory_start_mb", "memory_end_mb", "apm_start", "apm_end", "note",
+]
+CSV_COLUMNS = {"runs.csv": RUN_COLUMNS, "tasks.csv": TASK_COLUMNS,
+               "summary.csv": SUMMARY_COLUMNS, "auc.csv": AUC_COLUMNS}
+
+# Counts and byte sizes stay integers in the CSV ("1", not "1.0"), with empty cells for missing.
+INT_COLUMNS = ["point", "budget_bytes", "seed", "num_backbones", "exemplars", "model_params",
+               "planned_total_bytes", "paper_total_bytes", "strict_total_bytes", "tasks_completed",
+               "task", "classes_seen", "exemplars_stored", "n_seeds", "n_points"]
+FLOAT_COLUMNS = ["budget_mb", "planned_total_mb", "paper_total_mb", "strict_total_mb",
+                 *ACCURACY_METRICS, "wall_seconds", "cnn_accuracy", "nme_accuracy",
+                 "train_seconds", "eval_seconds"]
+
+# ------------------------------------------------------------------------------ methods
+
+# The MEMO paper's table order and a colour each. The registry decides which methods exist (it
+# registers them alphabetically, by import); this only decides how the paper's ones are shown.
+PAPER_METHODS = {
+    "finetune": "tab:brown", "replay": "tab:blue", "icarl": "tab:orange", "wa": "tab:green",
+    "der": "tab:red", "memo": "tab:purple", "joint": "black",
+}
+# A method registered later gets a colour from its name, so it keeps it in every figure
+# whichever other methods a figure shows.
+FALLBACK_COLORS = ["tab:pink", "tab:olive", "tab:cyan", "tab:gray", "gold", "navy", "teal"]
+
+
+def method_order() -> list[str]:
+    """Registered methods: the paper's first in its order, then later ones as registered."""
+    registered = METHODS.names()
+    return ([name for name in PAPER_METHODS if name in registered]
+            + [name for name in registered if name not in PAPER_METHODS])
+
+
+def method_rank(method: str) -> tuple[int, str]:
+    """Sort key: method_order() first, names the registry does not know after it A-Z."""
+    order = method_order()
+    return (order.index(method) if method in order else len(order)), str(method)
+
+
+def method_sort_key(column: pd.Series) -> pd.Series:
+    """`sort_values(key=...)`: methods by method_rank, every other column unchanged."""
+    if column.name != "method":
+        return column
+    return column.map(lambda name: "%03d %s" % method_rank(name))
+
+
+def method_color(method: str) -> str:
+    """The colour of `method` in every figure."""
+    if method in PAPER_METHODS:
+        return PAPER_METHODS[method]
+    return FALLBACK_COLORS[zlib.crc32(str(method).encode()) % len(FALLBACK_COLORS)]

@@ -1,0 +1,269 @@
+"""Tidy tables from run records: runs, tasks, summary over seeds, AUC per method, and their
+printed form.
+
+Each function takes records (one per grid cell, see benchmark.report.writer.load_records) or a table
+built here, and returns a DataFrame with exactly the columns benchmark.report.columns defines for it;
+docs/results.md explains them.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+
+from benchmark.report.columns import (ACCURACY_METRICS, AUC_COLUMNS, CURVE_KEYS, EXPERIMENT_KEYS,
+                               FLOAT_COLUMNS, GROUP_KEYS, INT_COLUMNS, KIND_NAMES, KINDS,
+                               RUN_COLUMNS, SUMMARY_COLUMNS, SUMMARY_METRICS, TASK_COLUMNS,
+                               method_sort_key)
+from benchmark.records.metrics import accuracy_per_memory, area_under_curve
+from budgets.accounting import MB
+
+# ------------------------------------------------------------------------------ rows
+
+def _mb(num_bytes: float | None) -> float:
+    return float("nan") if num_bytes is None else num_bytes / MB
+
+
+def _task_total_bytes(task: dict, policy: str) -> int | None:
+    return ((task.get("memory") or {}).get(policy) or {}).get("total_bytes")
+
+
+def _cell_columns(record: dict) -> dict:
+    """The columns that identify a run's cell of the grid, shared by runs.csv and tasks.csv."""
+    cell = record.get("cell") or {}
+    return {
+        "run_id": record.get("run_id"), "status": record.get("status"),
+        "method": cell.get("method"), "dataset": cell.get("dataset"),
+        "scenario": cell.get("scenario"), "policy": cell.get("policy"),
+        "point": cell.get("point"), "point_label": cell.get("point_label"),
+        "budget_mb": cell.get("budget_mb"), "seed": cell.get("seed"),
+    }
+
+
+def _run_row(record: dict) -> dict:
+    cell, origin = record.get("cell") or {}, record.get("origin") or {}
+    summary, error = record.get("summary") or {}, record.get("error") or {}
+    tasks = record.get("tasks") or []
+    # The audit after the last recorded task is the memory the run actually ended with.
+    final = tasks[-1] if tasks else {}
+    paper, strict = _task_total_bytes(final, "paper"), _task_total_bytes(final, "strict")
+    row = _cell_columns(record) | {
+        "experiment": record.get("experiment"), "budget_bytes": cell.get("budget_bytes"),
+        "backbone": cell.get("backbone"), "num_backbones": cell.get("num_backbones"),
+        "exemplars": cell.get("exemplars"), "model_params": cell.get("model_params"),
+        "planned_total_bytes": cell.get("total_bytes"),
+        "planned_total_mb": _mb(cell.get("total_bytes")),
+        "paper_total_bytes": paper, "paper_total_mb": _mb(paper),
+        "strict_total_bytes": strict, "strict_total_mb": _mb(strict),
+        "tasks_completed": len(tasks), "wall_seconds": summary.get("wall_seconds"),
+        "error_type": error.get("type") or "", "error_message": error.get("message") or "",
+    }
+    row |= {metric: summary.get(metric) for metric in ACCURACY_METRICS}
+    row |= {key: origin.get(key) for key in ("git_sha", "git_dirty", "torch", "device", "python",
+                                             "hostname")}
+    return row
+
+
+def _task_rows(record: dict) -> list[dict]:
+    rows = []
+    for task in record.get("tasks") or []:
+        row = _cell_columns(record) | {
+            key: task.get(key) for key in ("task", "classes_seen", "cnn_accuracy", "nme_accuracy",
+                                           "exemplars_stored", "train_seconds", "eval_seconds")}
+        row["paper_total_bytes"] = _task_total_bytes(task, "paper")
+        row["strict_total_bytes"] = _task_total_bytes(task, "strict")
+        rows.append(row)
+    return rows
+
+
+def _typed(table: pd.DataFrame) -> pd.DataFrame:
+    """Nullable integers for counts and bytes, float64 for measurements, whatever JSON gave."""
+    table = table.copy()
+    for column in table.columns.intersection(INT_COLUMNS):
+        table[column] = pd.to_numeric(table[column], errors="coerce").astype("Int64")
+    for column in table.columns.intersection(FLOAT_COLUMNS):
+        table[column] = pd.to_numeric(table[column], errors="coerce").astype("float64")
+    return table
+
+
+def sorted_table(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Sort with methods in columns.method_order() (not A-Z) and missing points last."""
+    by = [column for column in by if column in table.columns]
+    ordered = table.sort_values(by, key=method_sort_key, na_position="last", kind="stable")
+    return ordered.reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------- tables
+
+def runs_table(records: Iterable[dict]) -> pd.DataFrame:
+    """runs.csv: one row per run and grid cell (columns: columns.RUN_COLUMNS)."""
+    table = _typed(pd.DataFrame([_run_row(record) for record in records], columns=RUN_COLUMNS))
+    return sorted_table(table, [*EXPERIMENT_KEYS, "method", "point", "seed", "run_id"])
+
+
+def tasks_table(records: Iterable[dict]) -> pd.DataFrame:
+    """tasks.csv: one row per run, grid cell and task (columns: columns.TASK_COLUMNS)."""
+    rows = [row for record in records for row in _task_rows(record)]
+    table = _typed(pd.DataFrame(rows, columns=TASK_COLUMNS))
+    return sorted_table(table, [*EXPERIMENT_KEYS, "method", "point", "seed", "run_id", "task"])
+
+
+def _complete(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs[runs["status"] == "complete"]
+
+
+def _summary_row(keys: tuple, group: pd.DataFrame) -> dict:
+    row = dict(zip(GROUP_KEYS, keys)) | {"n_seeds": group["seed"].nunique()}
+    if len(group) > row["n_seeds"]:
+        warnings.warn(f"{len(group)} complete runs but {row['n_seeds']} distinct seeds for "
+                      f"{row['method']} at point {row['point']}: duplicates are averaged in",
+                      stacklevel=3)
+    for metric in SUMMARY_METRICS:
+        values = pd.to_numeric(group[metric], errors="coerce")
+        row[f"{metric}_mean"] = values.mean()
+        row[f"{metric}_std"] = values.std(ddof=1)  # sample std; NaN for a single seed
+    return row
+
+
+def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """summary.csv: mean and std over seeds per method and budget point, complete runs only."""
+    # dropna=False keeps joint, whose point and budget are missing by design.
+    groups = _complete(runs).groupby(GROUP_KEYS, dropna=False, sort=False)
+    rows = [_summary_row(keys, group) for keys, group in groups]
+    table = _typed(pd.DataFrame(rows, columns=SUMMARY_COLUMNS))
+    return sorted_table(table, [*CURVE_KEYS, "point"])
+
+
+# ------------------------------------------------------------------------------- AUC
+
+def _per_seed_auc_std(runs: pd.DataFrame, metric: str) -> float:
+    """Std over seeds of each seed's own AUC; NaN unless every point has at least two seeds."""
+    on_axis = runs[runs["budget_mb"].notna()]
+    by_seed = on_axis.groupby(["seed", "budget_mb"])[metric].mean().unstack("budget_mb")
+    if by_seed.empty or by_seed.notna().sum(axis=0).min() < 2:
+        return float("nan")
+    full = by_seed.dropna()  # a seed missing a point has no curve over the whole range
+    if len(full) < 2:
+        return float("nan")
+    memory = full.columns.to_numpy(dtype=float)
+    aucs = [area_under_curve(memory, accuracy) for accuracy in full.to_numpy(dtype=float)]
+    return float(np.std(aucs, ddof=1))
+
+
+def _auc_row(curve: pd.DataFrame, runs: pd.DataFrame, kind: str) -> dict:
+    """One auc.csv row from a method's summary rows (`curve`) and its complete runs."""
+    average, last = f"{kind}_average_accuracy", f"{kind}_last_accuracy"
+    curve = curve[curve["budget_mb"].notna()].sort_values("budget_mb")
+    row = {"kind": kind, "n_points": len(curve), "note": "",
+           "n_seeds": int(curve["n_seeds"].min()) if len(curve) else 0}
+    row |= dict.fromkeys(["auc_average", "auc_last", "auc_average_std", "auc_last_std",
+                          "memory_start_mb", "memory_end_mb", "apm_start", "apm_end"], float("nan"))
+    if len(curve) == 0:
+        return row | {"note": "no memory budget (not on the memory axis)"}
+    memory = curve["budget_mb"].to_numpy(dtype=float)
+    mean_average = curve[f"{average}_mean"].to_numpy(dtype=float)
+    mean_last = curve[f"{last}_mean"].to_numpy(dtype=float)
+    row |= {"memory_start_mb": memory[0], "memory_end_mb": memory[-1],
+            "apm_start": accuracy_per_memory(mean_average[0], memory[0]),
+            "apm_end": accuracy_per_memory(mean_average[-1], memory[-1])}
+    if len(curve) < 2:
+        return row | {"note": "only one budget point: no area"}
+    if not (np.isfinite(mean_average).all() and np.isfinite(mean_last).all()):
+        return row | {"note": f"{kind} accuracy missing at some budget point"}
+    return row | {
+        "auc_average": area_under_curve(memory, mean_average),
+        "auc_last": area_under_curve(memory, mean_last),
+        "auc_average_std": _per_seed_auc_std(runs, average),
+        "auc_last_std": _per_seed_auc_std(runs, last),
+    }
+
+
+def _flag_partial_curves(table: pd.DataFrame) -> pd.DataFrame:
+    """Note curves that span fewer points than the best-covered method of the same experiment."""
+    most = table.groupby(EXPERIMENT_KEYS, dropna=False)["n_points"].transform("max")
+    partial = (table["n_points"] >= 2) & (table["n_points"] < most) & (table["note"] == "")
+    table.loc[partial, "note"] = ("covers " + table["n_points"].astype(str) + " of "
+                                  + most.astype(str) + " budget points: not comparable")
+    return table
+
+
+def auc_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """auc.csv: AUC-A, AUC-L and APM per method and accuracy kind, complete runs only."""
+    rows = []
+    for keys, method_runs in _complete(runs).groupby(CURVE_KEYS, dropna=False, sort=False):
+        curve = summary_table(method_runs)
+        for kind in KINDS:
+            rows.append(dict(zip(CURVE_KEYS, keys)) | _auc_row(curve, method_runs, kind))
+    table = _typed(pd.DataFrame(rows, columns=AUC_COLUMNS))
+    return sorted_table(_flag_partial_curves(table), [*CURVE_KEYS, "kind"])
+
+
+# ------------------------------------------------------------------------ printed tables
+
+def _mean_std(mean: float, std: float, digits: int = 1) -> str:
+    if pd.isna(mean):
+        return "-"
+    return f"{mean:.{digits}f}" if pd.isna(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _budget_label(row: pd.Series) -> str:
+    if pd.isna(row["budget_mb"]):
+        return "no budget"
+    label = "" if pd.isna(row["point_label"]) else f" ({row['point_label']})"
+    return f"{row['budget_mb']:.1f} MB{label}"
+
+
+def _accuracy_grid(group: pd.DataFrame) -> pd.DataFrame:
+    """Methods as rows; per budget (ascending, "no budget" last) a CNN and an NME column of
+    "mean ± std" average incremental accuracy."""
+    by_budget = group.sort_values("budget_mb", na_position="last")
+    budgets = list(dict.fromkeys(_budget_label(row) for _, row in by_budget.iterrows()))
+    columns = pd.MultiIndex.from_product([budgets, [KIND_NAMES[kind] for kind in KINDS]])
+    rows = sorted_table(group, ["method", "point"])
+    grid = pd.DataFrame("", index=list(dict.fromkeys(rows["method"])), columns=columns)
+    for _, row in rows.iterrows():
+        for kind in KINDS:
+            grid.loc[row["method"], (_budget_label(row), KIND_NAMES[kind])] = _mean_std(
+                row[f"{kind}_average_accuracy_mean"], row[f"{kind}_average_accuracy_std"])
+    return grid
+
+
+def format_summary(summary: pd.DataFrame) -> str:
+    """Per experiment, method x budget: CNN and NME average incremental accuracy, mean ± std."""
+    blocks = []
+    for (dataset, scenario, policy), group in summary.groupby(EXPERIMENT_KEYS, dropna=False):
+        blocks.append(f"{dataset} {scenario} ({policy} policy): average incremental accuracy "
+                      f"(%), CNN and NME, mean ± std over seeds\n"
+                      f"{_accuracy_grid(group).to_string()}")
+    return "\n\n".join(blocks)
+
+
+def _auc_grid(group: pd.DataFrame) -> pd.DataFrame:
+    """Methods as rows; AUC-A and AUC-L of CNN and of NME side by side, then the notes."""
+    pairs = [(KIND_NAMES[kind], name) for kind in KINDS for name in ("AUC-A", "AUC-L")]
+    columns = pd.MultiIndex.from_tuples([*pairs, ("", "note")])
+    grid = pd.DataFrame("", index=list(dict.fromkeys(group["method"])), columns=columns)
+    notes: dict[str, dict[str, str]] = {}
+    for _, row in group.iterrows():
+        kind, method = KIND_NAMES[row["kind"]], row["method"]
+        grid.loc[method, (kind, "AUC-A")] = _mean_std(row["auc_average"], row["auc_average_std"], 3)
+        grid.loc[method, (kind, "AUC-L")] = _mean_std(row["auc_last"], row["auc_last_std"], 3)
+        if row["note"]:
+            notes.setdefault(method, {})[kind] = row["note"]
+    for method, by_kind in notes.items():
+        # the same note for both kinds (e.g. joint has no budget) is said once
+        same = len(by_kind) == len(KINDS) and len(set(by_kind.values())) == 1
+        grid.loc[method, ("", "note")] = next(iter(by_kind.values())) if same else "; ".join(
+            f"{kind}: {note}" for kind, note in by_kind.items())
+    return grid
+
+
+def format_auc(auc: pd.DataFrame) -> str:
+    """Per experiment, one row per method: CNN and NME AUC-A and AUC-L (mean curve ± std)."""
+    blocks = []
+    for (dataset, scenario, policy), group in auc.groupby(EXPERIMENT_KEYS, dropna=False):
+        blocks.append(f"{dataset} {scenario} ({policy} policy): AUC (accuracy fraction x MB) of "
+                      f"the mean curve ± std over seeds\n{_auc_grid(group).to_string()}")
+    return "\n\n".join(blocks)

@@ -1,0 +1,207 @@
+"""Projected hours of an experiment grid (e.g. the paper's CIFAR-100 B0Inc10 curve) from measured
+step times: what each run trains and evaluates is counted from its config; what one image costs
+is measured on this device.
+
+Per run and task t (counted from the run's scenario, budget and schedules):
+- training: images (new classes, plus the exemplars held or, for joint, every seen image) x epochs
+  x seconds per training image of its method and backbone at task t;
+- evaluation: images passed forward without gradients (the test images of the seen classes; the
+  exemplars for NME means, or every seen image for joint; each new class's training images for
+  herding) x seconds per forward image, plus herding picks x seconds per pick.
+The first task is trained once per shared first-task model (runner.first_task_key), not per run.
+
+What is measured and what extrapolated: seconds per image are measured for every method x backbone
+pair of the grid at task 1 (an engine grown by timing.task_engine), and for every backbone at task 0
+(the first-task model's plain cross-entropy step); with `last_task` also at the last task for the
+growing networks (DER, MEMO). A single network (teacher included) costs the same at every later
+task. A growing network's cost is piecewise linear in the task index through its measured tasks,
+and beyond the last one the line through the last two: each task adds one frozen block, whose
+forward is the same every time.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from methods import METHODS
+
+from benchmark.data import DATASETS, Scenario
+from benchmark.config.grid import Run
+from benchmark.train.runner import first_task_key
+
+# Test images per class (not in DatasetSpec): CIFAR-10/100 have 10,000 test images, ImageNet-100
+# 50 validation images per class.
+TEST_PER_CLASS = {"cifar100": 100, "cifar10": 1000, "imagenet100": 50}
+GROWING = ("der", "memo")  # network kinds whose step cost grows with the task index
+
+
+@dataclass(frozen=True)
+class TaskWork:
+    """What one run does at one task."""
+
+    task: int
+    train_images: int      # per epoch
+    epochs: int
+    forward_images: int    # no-grad forward: test pass, NME means, herding features
+    picks: int             # herding picks
+
+
+@dataclass
+class PairSpeed:
+    """Measured seconds per image of one method x backbone, by task index."""
+
+    train: dict[int, float] = field(default_factory=dict)
+    forward: dict[int, float] = field(default_factory=dict)
+
+
+def per_image(points: dict[int, float], task: int) -> float:
+    """Piecewise linear in the task index through `points` (task -> seconds); outside them the line
+    through the two nearest points; one point: constant. Never below the cheapest measured point: a
+    network does not get cheaper as it grows, so a falling line is timing noise, not a trend."""
+    if not points:
+        raise ValueError("no measured task to project from")
+    tasks = sorted(points)
+    if len(tasks) == 1:
+        return points[tasks[0]]
+    right = next((i for i, t in enumerate(tasks) if t >= task), len(tasks) - 1)
+    right = min(max(right, 1), len(tasks) - 1)
+    a, b = tasks[right - 1], tasks[right]
+    return max(min(points.values()), points[a] + (points[b] - points[a]) * (task - a) / (b - a))
+
+
+def run_work(run: Run) -> list[TaskWork]:
+    """Per task of `run`: its training images and epochs, forward images and herding picks."""
+    spec = DATASETS[run.dataset]
+    per_class = run.training["images_per_class"] or spec.train_per_class
+    test_per_class = run.training["test_images_per_class"] or TEST_PER_CLASS[run.dataset]
+    method = METHODS.get(run.method)
+    keeps = method.uses_exemplars and run.exemplars > 0
+    herding = keeps and run.training["exemplar_selection"] == "herding"
+    work, seen, stored = [], 0, 0
+    for task, new in enumerate(Scenario.parse(run.scenario).task_sizes(spec.num_classes)):
+        held_before = seen * per_class if method.trains_on_all_data else stored
+        seen += new
+        quota = min(run.exemplars // seen, per_class) if keeps else 0
+        stored = quota * seen
+        held_after = seen * per_class if method.trains_on_all_data else stored
+        epochs = run.training["first_task" if task == 0 else "later_tasks"]["epochs"]
+        work.append(TaskWork(task, new * per_class + held_before, epochs,
+                             seen * test_per_class + held_after + (new * per_class if herding else 0),
+                             quota * new if herding else 0))
+    return work
+
+
+@dataclass(frozen=True)
+class RunHours:
+    run: Run
+    train_seconds: float   # tasks 1 .. T-1 (the first task is the shared model's)
+    eval_seconds: float    # every task's forward passes and herding
+
+
+def run_hours(run: Run, speed: PairSpeed, pick_seconds: float) -> RunHours:
+    train = evaluation = 0.0
+    for work in run_work(run):
+        if work.task > 0:
+            train += work.train_images * work.epochs * per_image(speed.train, work.task)
+        evaluation += work.forward_images * per_image(speed.forward, work.task) + work.picks * pick_seconds
+    return RunHours(run, train, evaluation)
+
+
+def first_task_seconds(run: Run, speed: PairSpeed) -> float:
+    """Training the shared first-task model of `run`, and its own test pass."""
+    work = run_work(replace(run, method="replay", exemplars=0))[0]
+    test = work.forward_images  # no exemplars, no herding: the test pass alone
+    return work.train_images * work.epochs * speed.train[0] + test * speed.forward[0]
+
+
+def project(runs: list[Run], speeds: dict[tuple[str, str], PairSpeed], first: dict[str, PairSpeed],
+            pick_seconds: float, speedup: float) -> dict:
+    """The grid's serial seconds (every run, plus each shared first-task model once) and its wall
+    seconds on one device packed for `speedup` (total images/s at the chosen packing / one process)."""
+    rows = [run_hours(run, speeds[run.method, run.backbone], pick_seconds) for run in runs]
+    models = {first_task_key(run): run for run in runs}
+    first_rows = {key: (run.backbone, first_task_seconds(run, first[run.backbone])) for key, run in models.items()}
+    serial = sum(r.train_seconds + r.eval_seconds for r in rows) + sum(s for _, s in first_rows.values())
+    return {"runs": rows, "first_task_models": first_rows, "serial_seconds": serial, "speedup": speedup,
+            "wall_seconds": serial / speedup}
+
+
+def table(projection: dict) -> str:
+    lines = [f"{'method':<9} {'backbone':<10} {'exemplars':>9} {'train h':>8} {'eval h':>7} {'total h':>8}"]
+    for row in sorted(projection["runs"], key=lambda r: -(r.train_seconds + r.eval_seconds)):
+        total = row.train_seconds + row.eval_seconds
+        lines.append(f"{row.run.method:<9} {row.run.backbone:<10} {row.run.exemplars:>9} "
+                     f"{row.train_seconds / 3600:>8.2f} {row.eval_seconds / 3600:>7.2f} {total / 3600:>8.2f}")
+    for key, (backbone, seconds) in projection["first_task_models"].items():
+        lines.append(f"{'1st task':<9} {backbone:<10} {'-':>9} {seconds / 3600:>8.2f} {'':>7} {seconds / 3600:>8.2f}"
+                     f"  (shared model {key})")
+    lines.append(f"serial {projection['serial_seconds'] / 3600:.1f} h; packed (x{projection['speedup']:.2f} "
+                 f"throughput) {projection['wall_seconds'] / 3600:.1f} h on one device")
+    return "\n".join(lines)
+
+
+# -- measuring ---------------------------------------------------------------------------------------
+def measure_speeds(runs: list[Run], device: torch.device, batch_size: int, warmup: int, steps: int,
+                   forward_images: int, last_task: bool) -> tuple[dict, dict, float]:
+    """(pair speeds, first-task speeds by backbone, seconds per herding pick), measured on synthetic
+    images of the grid's one scenario at the grid's one precision."""
+    from benchmark.tools.timing import synthetic_data
+
+    scenarios = {run.scenario for run in runs}
+    precisions = {run.training["precision"] for run in runs}
+    if len(scenarios) != 1 or len(precisions) != 1:
+        raise ValueError(f"project one scenario and precision at a time (the grid has {sorted(scenarios)}, "
+                         f"{sorted(precisions)}): split the experiment file")
+    data = synthetic_data(device, scenarios.pop(), per_class=20)
+    precision = precisions.pop()
+    first = {}
+    for backbone in sorted({run.backbone for run in runs}):
+        # The first-task model: plain cross-entropy, as runner.train_first_task trains it with "replay".
+        run = replace(runs[0], method="replay", backbone=backbone, exemplars=0,
+                      training={**runs[0].training, "method_options": {}})
+        first[backbone] = _speed_at(run, data, 0, precision, batch_size, warmup, steps, forward_images)
+    speeds = {}
+    for method, backbone in sorted({(run.method, run.backbone) for run in runs}):
+        run = next(r for r in runs if (r.method, r.backbone) == (method, backbone))
+        tasks = [1, data.num_tasks - 1] if last_task and METHODS.get(method).growth in GROWING else [1]
+        speed = PairSpeed()
+        if METHODS.get(method).growth in GROWING:  # task 0 is a single block: the first-task model
+            speed = PairSpeed(dict(first[backbone].train), dict(first[backbone].forward))
+        for task in dict.fromkeys(tasks):
+            measured = _speed_at(run, data, task, precision, batch_size, warmup, steps, forward_images)
+            speed.train.update(measured.train)
+            speed.forward.update(measured.forward)
+        speeds[method, backbone] = speed
+    return speeds, first, herding_pick_seconds(device)
+
+
+def _speed_at(run: Run, data, task: int, precision: str, batch_size: int, warmup: int, steps: int,
+              forward_images: int) -> PairSpeed:
+    from benchmark.train.evaluation import extract
+    from benchmark.tools.timing import FullCell, measure, synchronize, task_engine
+
+    engine, method = task_engine(run, data, task, precision)
+    cell = FullCell(engine, method, batch_size, task)
+    measure([cell], engine.device, warmup, steps)
+    rows = torch.arange(min(forward_images, len(data.test)), device=engine.device)
+    batch = min(engine.settings.eval_batch_size, len(rows))
+    extract(method.network, data.test, data.augmentation, batch, rows)  # warm-up (cuDNN autotuning)
+    synchronize(engine.device)
+    started = time.perf_counter()
+    extract(method.network, data.test, data.augmentation, batch, rows)
+    synchronize(engine.device)  # extract returns device tensors: wait for their kernels
+    forward = (time.perf_counter() - started) / len(rows)
+    return PairSpeed({task: 1 / cell.images_per_second(engine.device)}, {task: forward})
+
+
+def herding_pick_seconds(device: torch.device, images: int = 500, dim: int = 64, picks: int = 50) -> float:
+    """Seconds per herding pick on `images` features of width `dim` (one class of CIFAR-100)."""
+    from methods.exemplars import herding_order
+
+    features = torch.randn(images, dim, generator=torch.Generator().manual_seed(0)).to(device)
+    herding_order(features, 2)  # warm-up
+    started = time.perf_counter()
+    herding_order(features, picks)  # each pick ends on the host (int of the argmin): synchronized
+    return (time.perf_counter() - started) / picks

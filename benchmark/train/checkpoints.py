@@ -1,0 +1,100 @@
+"""Checkpoints inside a run: after every task, what the later tasks depend on, so a run killed
+half-way (a preempted machine, a dead worker) goes on from its last finished task.
+
+A checkpoint holds the network's state and shape (tasks grown, classes), the teacher, the exemplar
+memory, the RNG states and the task results so far; no optimizer state, since every task starts a
+fresh optimizer. It is written atomically next to the run's record (runs/<id>/checkpoint.pt).
+
+Resuming rebuilds the network's structure by replaying the method's growth (`before_task`, then
+`after_task`, for every finished task: new blocks, heads, frozen parts, teacher, dropped auxiliary
+head), then loads the saved tensors into it. That needs `after_task` to change only the network's
+structure or values, never to read data, which holds for every method here.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from benchmark.train.engine import Engine, TaskResult
+from benchmark.train.evaluation import Accuracy
+from benchmark.records.store import write_atomic
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that does not fit the run it was found for."""
+
+
+@dataclass(frozen=True)
+class Resumed:
+    results: list[TaskResult]   # the finished tasks' results, in order
+    wall_seconds: float         # spent on them by the earlier process(es), up to the checkpoint
+
+
+def checkpoint_path(folder: Path) -> Path:
+    return Path(folder) / CHECKPOINT
+
+
+def save(path: Path, run_id: str, engine: Engine, results: list[TaskResult], wall_seconds: float) -> None:
+    """Write the checkpoint after `results[-1]`'s task."""
+    method, device = engine.method, engine.device
+    payload = {
+        "run_id": run_id, "tasks_done": len(results), "num_classes": method.network.num_classes,
+        "network": _cpu(method.network.state_dict()),
+        "teacher": None if method.teacher is None else _cpu(method.teacher.state_dict()),
+        "memory": {"images": engine.memory.images.cpu(), "labels": engine.memory.labels.cpu()},
+        "rng": {"torch": torch.get_rng_state(), "generator": engine.generator.get_state(),
+                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+        "results": [asdict(result) for result in results], "wall_seconds": wall_seconds,
+    }
+    write_atomic(path, lambda file: torch.save(payload, file))
+
+
+def resume(path: Path, run_id: str, engine: Engine) -> Resumed | None:
+    """Restore `engine` to the state the checkpoint at `path` saved; None when there is none."""
+    if not path.exists():
+        return None
+    fix = f"delete {path} to start the run over"
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # written by another torch version, or damaged on disk
+        raise CheckpointError(f"{path} could not be read ({type(error).__name__}: {error}); {fix}") from error
+    if payload["run_id"] != run_id:
+        raise CheckpointError(f"{path} belongs to run {payload['run_id']}, not {run_id}; {fix}")
+    for index in range(payload["tasks_done"]):
+        task = engine.data.task(index)
+        engine.grow(task)
+        engine.method.after_task(task)
+    method = engine.method
+    if method.network.num_classes != payload["num_classes"] or (method.teacher is None) != (payload["teacher"] is None):
+        raise CheckpointError(f"{path} holds a network of {payload['num_classes']} classes (teacher: "
+                              f"{payload['teacher'] is not None}); replaying {payload['tasks_done']} tasks gave "
+                              f"{method.network.num_classes} (teacher: {method.teacher is not None}); {fix}")
+    method.network.load_state_dict(payload["network"])
+    if method.teacher is not None:
+        method.teacher.load_state_dict(payload["teacher"])
+    engine.memory.images = payload["memory"]["images"].to(engine.device)
+    engine.memory.labels = payload["memory"]["labels"].to(engine.device)
+    _restore_rng(payload["rng"], engine)
+    return Resumed([_task_result(entry) for entry in payload["results"]], payload["wall_seconds"])
+
+
+def _restore_rng(states: dict, engine: Engine) -> None:
+    """Every task reseeds from the network seed, so these matter only to code between tasks;
+    restored all the same, so that a resumed run is the uninterrupted one whatever that code does."""
+    torch.set_rng_state(states["torch"])
+    engine.generator.set_state(states["generator"])
+    if states["cuda"] is not None:
+        torch.cuda.set_rng_state(states["cuda"], engine.device)
+
+
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {key: value.detach().cpu() for key, value in state.items()}
+
+
+def _task_result(entry: dict) -> TaskResult:
+    nme = entry["nme"]
+    return TaskResult(**{**entry, "cnn": Accuracy(**entry["cnn"]), "nme": None if nme is None else Accuracy(**nme)})

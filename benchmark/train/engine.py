@@ -1,0 +1,279 @@
+"""The one incremental loop: for every task, grow, train, adjust, select exemplars, evaluate, audit.
+
+A method supplies its network, its loss and its before/after-task steps (methods/base.py);
+everything that loops lives here.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from budgets.accounting import count_memory
+from methods import Method, Task
+from methods.exemplars import ExemplarMemory, herding_order, random_order
+
+from benchmark.train.batches import Augmentation, BatchSource, TensorSource, concat, select
+from benchmark.train.evaluation import Accuracy, accuracy, class_means, extract, nme_predict
+from benchmark.config.precision import precision_problem
+from benchmark.config.profile import Schedule
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class RunData:
+    """A scenario's data on the run's device; labels are incremental (task t holds bounds[t]..bounds[t+1]-1)."""
+
+    train: BatchSource
+    test: BatchSource
+    task_bounds: list[int]
+    image_shape: tuple[int, int, int]
+    augmentation: Augmentation
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.task_bounds) - 1
+
+    def task(self, index: int) -> Task:
+        return Task(index, self.task_bounds[index], self.task_bounds[index + 1], self.num_tasks)
+
+    def rows(self, source: BatchSource, low: int, high: int) -> torch.Tensor:
+        return ((source.labels >= low) & (source.labels < high)).nonzero().flatten()
+
+
+def stream_seed(network_seed: int, index: int) -> int:
+    """The seed of one random stream of a run: a task's (training order, augmentation) or a class's
+    (random exemplar selection). One formula, so that every stream is reproducible on its own."""
+    return network_seed * 1000 + index
+
+
+class DivergedError(RuntimeError):
+    """The training loss stopped being a finite number."""
+
+
+@dataclass
+class EngineSettings:
+    schedules: list[Schedule]          # one per task
+    exemplars: int                     # exemplar budget E
+    selection: str = "herding"
+    augment: bool = True
+    eval_batch_size: int = 1000        # test and class-mean feature extraction
+    network_seed: int = 1
+    precision: str = "fp32"            # "bf16": autocast around the backbones (CUDA only)
+    herding_batch_size: int = 1000     # feature extraction for exemplar selection
+
+
+@dataclass
+class TaskResult:
+    task: int
+    classes_seen: int
+    cnn: Accuracy
+    nme: Accuracy | None
+    exemplars_stored: int
+    memory: dict[str, dict]
+    train_seconds: float
+    eval_seconds: float
+    select_seconds: float
+    epochs: list[dict] = field(default_factory=list)
+
+    def as_record(self) -> dict:
+        nan = float("nan")
+        return {"task": self.task, "classes_seen": self.classes_seen,
+                "cnn_accuracy": self.cnn.overall, "nme_accuracy": self.nme.overall if self.nme else nan,
+                "cnn_accuracy_per_task": self.cnn.per_task,
+                "nme_accuracy_per_task": self.nme.per_task if self.nme else [nan] * len(self.cnn.per_task),
+                "exemplars_stored": self.exemplars_stored, "memory": self.memory,
+                "train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds,
+                "select_seconds": self.select_seconds, "epochs": self.epochs}
+
+
+class Engine:
+    def __init__(self, method: Method, data: RunData, settings: EngineSettings, log: Log = print) -> None:
+        self.method, self.data, self.settings, self.log = method, data, settings, log
+        self.device = data.train.labels.device
+        problem = precision_problem(settings.precision, self.device.type)
+        if problem:
+            raise ValueError(problem)
+        self.memory = ExemplarMemory(settings.exemplars if method.uses_exemplars else 0, self.device)
+        self.generator = torch.Generator(device=self.device)
+        if self.device.type == "cuda":
+            # Input shapes repeat (fixed batch size, one image size): the autotuned kernels pay back.
+            torch.backends.cudnn.benchmark = True
+
+    @property
+    def autocast(self) -> bool:
+        return self.settings.precision == "bf16" and self.device.type == "cuda"
+
+    @property
+    def fused_sgd(self) -> bool:
+        return self.device.type == "cuda"  # the fused kernel exists for CUDA tensors only
+
+    def speed_settings(self) -> dict[str, object]:
+        """What this engine does for speed, for the run's origin. On CUDA "fp32" convolutions run
+        in TF32 unless cuDNN's allow_tf32 is off (PyTorch's default is on): recorded too."""
+        cuda = self.device.type == "cuda"
+        return {"precision": self.settings.precision, "channels_last": self.data.augmentation.channels_last,
+                "fused_sgd": self.fused_sgd, "cudnn_benchmark": cuda and torch.backends.cudnn.benchmark,
+                "cudnn_tf32": cuda and torch.backends.cudnn.allow_tf32}
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run(self, first_task_state: dict | None = None, on_task: Callable[[TaskResult], None] | None = None,
+            start: int = 0) -> list[TaskResult]:
+        """Learn tasks `start` .. last (a resumed run starts after its last checkpointed task)."""
+        results = []
+        for index in range(start, self.data.num_tasks):
+            result = self.learn_task(self.data.task(index), first_task_state if index == 0 else None)
+            results.append(result)
+            if on_task:
+                on_task(result)
+        return results
+
+    def learn_task(self, task: Task, first_task_state: dict | None = None) -> TaskResult:
+        # Seeding per task makes a run's later tasks identical whether task 0 was trained or loaded,
+        # and whether the earlier tasks ran in this process or were restored from a checkpoint.
+        torch.manual_seed(stream_seed(self.settings.network_seed, task.index))
+        self.generator.manual_seed(stream_seed(self.settings.network_seed, task.index))
+        self.grow(task)
+        start = time.perf_counter()
+        epochs: list[dict] = []
+        if first_task_state is not None:
+            self.method.network.load_first_task_state(first_task_state)
+            self.log(f"task {task.index}: loaded the shared first-task model")
+        else:
+            epochs = self.train(task, self.training_set(task), self.settings.schedules[task.index])
+        self.method.after_task(task)
+        trained = time.perf_counter()
+        self.update_memory(task)
+        selected = time.perf_counter()
+        cnn, nme = self.evaluate(task)
+        evaluated = time.perf_counter()
+        result = TaskResult(task.index, task.total_classes, cnn, nme, self.stored_images(task), self.audit(task),
+                            trained - start, evaluated - selected, selected - trained, epochs)
+        nme_text = f", NME {nme.overall:.2f}%" if nme else ""
+        self.log(f"task {task.index}: {task.total_classes} classes, CNN {cnn.overall:.2f}%{nme_text}, "
+                 f"{result.exemplars_stored} images stored, train {result.train_seconds:.1f}s")
+        return result
+
+    def grow(self, task: Task) -> None:
+        """The method's before-task step (new blocks, heads, teacher), then the new modules placed
+        like the old ones: on the device, channels_last where the inputs are."""
+        self.method.before_task(task)
+        for network in (self.method.network, self.method.teacher):
+            if network is None:
+                continue
+            network.to(self.device)
+            if self.data.augmentation.channels_last:  # weights in the inputs' layout: no conversions
+                network.to(memory_format=torch.channels_last)
+
+    # -- training -----------------------------------------------------------------------------
+    def training_set(self, task: Task) -> BatchSource:
+        train = self.data.train
+        if self.method.trains_on_all_data:
+            return select(train, self.data.rows(train, 0, task.total_classes))
+        new = select(train, self.data.rows(train, task.known_classes, task.total_classes))
+        if not self.method.uses_exemplars or not len(self.memory):
+            return new
+        return concat([new, TensorSource(self.memory.images, self.memory.labels)])
+
+    def train(self, task: Task, source: BatchSource, schedule: Schedule) -> list[dict]:
+        # A fresh optimizer per task (as the reference runs): nothing of it outlives the task.
+        optimizer = torch.optim.SGD(self.method.trainable_parameters(), lr=schedule.lr, momentum=schedule.momentum,
+                                    weight_decay=schedule.weight_decay, fused=self.fused_sgd)
+        lr_steps = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(schedule.milestones), schedule.lr_decay)
+        self.method.network.train()
+        history = []
+        for epoch in range(schedule.epochs):
+            started = time.perf_counter()
+            loss_sum = self.train_epoch(task, source, optimizer, schedule.batch_size)
+            if not math.isfinite(loss_sum):
+                where = "first_task" if task.index == 0 else f"later_tasks.{self.method.name}"
+                raise DivergedError(f"loss is {loss_sum} at task {task.index} epoch {epoch + 1}; "
+                                    f"lower the lr (training.{where}.lr, now {schedule.lr})")
+            lr_steps.step()
+            seconds = time.perf_counter() - started
+            history.append({"epoch": epoch, "loss": loss_sum / len(source), "seconds": seconds,
+                            "images_per_second": len(source) / seconds})
+            self.log(f"task {task.index} epoch {epoch + 1}/{schedule.epochs}: loss {history[-1]['loss']:.4f}, "
+                     f"{history[-1]['images_per_second']:.0f} images/s")
+        return history
+
+    def train_epoch(self, task: Task, source: BatchSource, optimizer: torch.optim.Optimizer, batch_size: int) -> float:
+        """The summed loss of one epoch; one host sync at its end (the float), none per step."""
+        order = torch.randperm(len(source), generator=self.generator, device=self.device)
+        total = torch.zeros((), device=self.device)
+        for rows, images in source.batches(order, batch_size):
+            x, labels = self.augment(images), source.labels[rows]
+            # bf16 covers the backbones; the heads (IncrementalNet.forward) and so the losses stay fp32.
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                loss = self.method.loss(task, x, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach().float() * len(rows)
+        return float(total)
+
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        augmentation = self.data.augmentation
+        return augmentation.train(images, self.generator) if self.settings.augment else augmentation.normalize(images)
+
+    # -- exemplars ------------------------------------------------------------------------------
+    def update_memory(self, task: Task) -> None:
+        if not self.method.uses_exemplars or self.memory.budget == 0:
+            return
+        per_class = self.memory.per_class(task.total_classes)
+        self.memory.shrink(per_class)
+        train = self.data.train
+        for label in range(task.known_classes, task.total_classes):
+            rows = self.data.rows(train, label, label + 1)
+            self.memory.add_class(label, train.images(rows[self.selection_order(train, rows, per_class, label)]))
+        self.memory.check_budget()
+
+    def selection_order(self, source: BatchSource, rows: torch.Tensor, count: int, label: int) -> torch.Tensor:
+        if self.settings.selection == "random":
+            # One stream per class: a shared seed would pick the same positions in every class.
+            seed = stream_seed(self.settings.network_seed, label)
+            return random_order(count, len(rows), torch.Generator().manual_seed(seed)).to(rows.device)
+        features, _ = extract(self.method.network, source, self.data.augmentation,
+                              self.settings.herding_batch_size, rows)
+        return herding_order(features, count).to(rows.device)
+
+    def stored_images(self, task: Task) -> int:
+        """Images the method holds after this task: its exemplars, or for joint every image seen."""
+        if self.method.trains_on_all_data:
+            return len(self.data.rows(self.data.train, 0, task.total_classes))
+        return len(self.memory)
+
+    # -- evaluation and audit -----------------------------------------------------------------
+    def evaluate(self, task: Task) -> tuple[Accuracy, Accuracy | None]:
+        test = self.data.test
+        rows = self.data.rows(test, 0, task.total_classes)
+        bounds = self.data.task_bounds[: task.index + 2]
+        features, logits = extract(self.method.network, test, self.data.augmentation,
+                                   self.settings.eval_batch_size, rows)
+        labels = test.labels[rows]
+        cnn = accuracy(logits.argmax(dim=1), labels, bounds)
+        means = self.nme_means(task)
+        nme = None if means is None else accuracy(nme_predict(features, means), labels, bounds)
+        return cnn, nme
+
+    def nme_means(self, task: Task) -> torch.Tensor | None:
+        """Class means from the images the method holds; None when it holds none (Finetune)."""
+        if self.method.trains_on_all_data:
+            source = select(self.data.train, self.data.rows(self.data.train, 0, task.total_classes))
+        elif len(self.memory):
+            source = TensorSource(self.memory.images, self.memory.labels)
+        else:
+            return None
+        features, _ = extract(self.method.network, source, self.data.augmentation, self.settings.eval_batch_size)
+        return class_means(features, source.labels, task.total_classes)
+
+    def audit(self, task: Task) -> dict[str, dict]:
+        """Bytes actually held after this task, under both counting policies."""
+        stored = self.stored_images(task)
+        network, teacher = self.method.network, self.method.teacher
+        return {"paper": count_memory(network, "paper", stored, self.data.image_shape).as_dict(),
+                "strict": count_memory(network, "strict", stored, self.data.image_shape, teacher).as_dict()}
