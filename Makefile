@@ -30,8 +30,9 @@ plan: venv
 test: venv
 	$(if $(DATA),CIL_DATA_ROOT=$(DATA) ,)$(PY) -m pytest -q
 
-# Before a grid on a GPU machine: steps, parity, a tiny grid, packing and projected hours (at most
-# ~8 minutes; python -m benchmark.tools.check --help). CHECK_ARGS=--quick is the CPU smoke size.
+# Before a grid on a GPU machine: steps, parity, a tiny grid, packing and projected hours (sized for
+# about 8 minutes on one GPU, not yet timed on one; python -m benchmark.tools.check --help).
+# CHECK_ARGS=--quick is the CPU smoke size.
 CHECK_ARGS ?=
 check-device: venv
 	$(if $(DATA),CIL_DATA_ROOT=$(DATA) ,)$(PY) -m benchmark.tools.check $(CHECK_ARGS)
