@@ -3,8 +3,8 @@
     python -m benchmark.tools.check [--device cuda|cpu] [--quick] [--json OUT] [--data-root DIR]
 
 One command that a person with a GPU runs before a grid (sized for about 8 minutes on one GPU, not
-yet timed on one), and
-that CI runs on the CPU with --quick as a smoke test (under a minute on 2 idle cores):
+yet timed on one), and that CI runs on the CPU with --quick as a smoke test (under a minute on 2
+idle cores):
 1. every registered method's training step on the device, fp32 and bf16 (CUDA only): placement,
    no host synchronization inside a step, finite loss, fp32 heads under bf16 (check_steps.py);
 2. CPU-vs-device parity of augmentation, herding and NME (check_parity.py);
