@@ -74,3 +74,73 @@ def cifar_root() -> Path:
     """A folder holding CIFAR-100 (prepared arrays, or the torchvision download and its cache), as an
     absolute path: tests link to its files from other folders and pass it to subprocesses."""
     return cifar100_root().resolve()
+
+
+# -- the tests' tiny experiment -------------------------------------------------------------------
+def tiny_experiment(name: str = "tiny", methods: tuple[str, ...] | list[str] = ("finetune", "replay"),
+                    budgets: tuple | list = (0.6,), training: dict | None = None, **overrides) -> dict:
+    """The suite's small experiment as parse_experiment takes it: CIFAR-100 B0Inc50 (two tasks), the
+    cpu profile, two small backbones and a 200-image anchor. `training` and any other key replace
+    the defaults; write_experiment puts it in a file for the CLI."""
+    raw = {"name": name, "dataset": "cifar100", "scenario": "B0Inc50", "methods": list(methods),
+           "budgets": list(budgets), "seeds": [1993], "profile": "cpu", "family": ["conv2_half", "resnet8_half"],
+           "benchmark_backbone": "conv2_half", "anchor_exemplars": 200}
+    if training is not None:
+        raw["training"] = training
+    return raw | overrides
+
+
+def tiny_training(later_epochs: int = 1, **overrides) -> dict:
+    """A `training:` section for runs of seconds: 5 training and 2 test images per class, one epoch
+    on the first task, `later_epochs` on each later one, batches of 32."""
+    return {"images_per_class": 5, "test_images_per_class": 2,
+            "first_task": {"epochs": 1, "milestones": [], "batch_size": 32},
+            "later_tasks": {"all": {"epochs": later_epochs, "milestones": [], "batch_size": 32}}} | overrides
+
+
+def write_experiment(folder: Path, raw: dict) -> Path:
+    """`raw` (see tiny_experiment) as folder/<name>.yaml."""
+    import yaml
+
+    path = Path(folder) / f"{raw['name']}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+# -- processes, from /proc -------------------------------------------------------------------------
+def process_state(pid: int) -> str | None:
+    """The state letter of process `pid` (R, S, Z, ...), None when there is no such process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie counts as ended)."""
+    return process_state(pid) not in (None, "Z", "X")
+
+
+def all_gone(pids: list[int], within: float = 10) -> bool:
+    """Whether every process of `pids` has ended within `within` seconds."""
+    import time
+
+    deadline = time.monotonic() + within
+    while any(alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def children(pid: int) -> list[int]:
+    """The running processes whose parent is `pid`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
+            found.append(int(stat.parent.name))
+    return found

@@ -3,9 +3,10 @@ the engine and the record; bf16 refused on the CPU; fp32 heads under autocast; d
 out-of-memory failures; which errors break the CUDA context; records readable by others."""
 from __future__ import annotations
 
-import copy
 import json
-import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,14 +19,15 @@ from benchmark.train.engine import DivergedError, Engine, EngineSettings, RunDat
 from benchmark.config.grid import expand, precision_problems
 from benchmark.config.precision import precision_problem
 from benchmark.config.profile import Schedule
-from benchmark.records.store import origin, record_path, write_json_atomic
+from benchmark.files import write_json_atomic
+from benchmark.records.store import origin, record_path
 from methods import METHODS
 from methods.networks import build_network
 from methods.replay import Replay
+from conftest import tiny_experiment
 
-RAW = {"name": "precision", "dataset": "cifar100", "scenario": "B0Inc50", "methods": ["replay", "finetune"],
-       "budgets": [0.75], "seeds": [1993], "profile": "cpu", "family": ["conv2_half", "resnet8_half"],
-       "benchmark_backbone": "conv2_half", "anchor_exemplars": 200}
+RAW = tiny_experiment("precision", methods=["replay", "finetune"], budgets=[0.75])
+REPO = Path(__file__).resolve().parents[1]
 BF16_FIX = "precision bf16 needs CUDA; set training: {precision: fp32} or run with --gpus"
 
 
@@ -150,25 +152,75 @@ def test_channels_last_weights_and_speed_settings():
                                        "cudnn_benchmark": False, "cudnn_tf32": False}
 
 
-class CPUAutocastEngine(Engine):
-    """The bf16 path as far as a CPU can take it: autocast on (the CPU's own bf16 autocast)."""
+def test_autocast_is_on_for_bf16_on_cuda_only():
+    data = tiny_data()
+    assert Engine(Replay("conv2_half"), data, EngineSettings([SCHEDULE, SCHEDULE], 4)).autocast is False
+    # bf16 on the CPU never gets as far as an engine (test_bf16_on_the_cpu_is_refused_with_the_fix).
 
-    autocast = True
+
+def record_dtypes(engine: Engine) -> tuple[list[dict], list[torch.dtype]]:
+    """The dtypes of the network's outputs in training mode, and of every loss the engine asks for."""
+    outputs, losses = [], []
+    engine.method.network.register_forward_hook(
+        lambda module, inputs, out: outputs.append({k: v.dtype for k, v in out.items()}) if module.training else None)
+    loss = engine.method.loss
+
+    def recording(task, images, labels):
+        value = loss(task, images, labels)
+        losses.append(value.dtype)
+        return value
+
+    engine.method.loss = recording  # the engine calls self.method.loss: this instance's attribute wins
+    return outputs, losses
 
 
+@pytest.mark.parametrize("method", METHODS.names())
+def test_heads_and_losses_stay_fp32_in_a_cpu_autocast_region(method):
+    """The method's loss on task 1, in the CPU's own bf16 autocast: the engine never autocasts on
+    the CPU (bf16 is refused there), so this is as far as a CPU can take the bf16 path."""
+    data = tiny_data()
+    options = METHODS.get(method).resolve_options({}, base_classes=2)
+    engine = Engine(METHODS.get(method)("conv2_half", options), data, EngineSettings([SCHEDULE, SCHEDULE], 4),
+                    log=lambda line: None)
+    engine.learn_task(data.task(0))
+    task = data.task(1)
+    engine.grow(task)
+    outputs, _ = record_dtypes(engine)
+    source = engine.training_set(task)
+    rows, images = next(iter(source.batches(torch.arange(len(source)), 8)))
+    engine.method.network.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = engine.method.loss(task, engine.augment(images), source.labels[rows])
+    assert loss.dtype == torch.float32 and loss.dim() == 0 and torch.isfinite(loss)
+    assert outputs and all(s["features"] == torch.bfloat16 and s["logits"] == torch.float32 for s in outputs)
+    if engine.method.growth == "der":  # DER's auxiliary head of task 1 computes in fp32 too
+        assert all(s["aux_logits"] == torch.float32 for s in outputs)
+    loss.backward()
+    assert all(p.dtype == torch.float32 and (p.grad is None or p.grad.dtype == torch.float32)
+               for p in engine.method.network.parameters())  # the model is never cast
+
+
+def cuda_data() -> RunData:
+    data = tiny_data()
+    move = lambda source: TensorSource(source.images(torch.arange(len(source))).cuda(), source.labels.cuda())
+    return RunData(move(data.train), move(data.test), data.task_bounds, data.image_shape, data.augmentation)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the engine autocasts to bf16 on CUDA only")
 @pytest.mark.parametrize("method", ["icarl", "der"])
 def test_the_bf16_path_keeps_heads_and_losses_fp32(method):
-    data = tiny_data()
-    engine = CPUAutocastEngine(METHODS.get(method)("conv2_half"), data, EngineSettings([SCHEDULE, SCHEDULE], 4),
-                               log=lambda line: None)
-    seen = []
-    engine.method.network.register_forward_hook(
-        lambda module, inputs, out: seen.append({k: v.dtype for k, v in out.items()}) if module.training else None)
+    data = cuda_data()
+    assert Engine(Replay("conv2_half"), data, EngineSettings([SCHEDULE, SCHEDULE], 4)).autocast is False  # fp32
+    engine = Engine(METHODS.get(method)("conv2_half"), data,
+                    EngineSettings([SCHEDULE, SCHEDULE], 4, precision="bf16"), log=lambda line: None)
+    assert engine.autocast is True
+    outputs, losses = record_dtypes(engine)
     results = engine.run()
     assert len(results) == 2 and all(len(r.epochs) == 1 for r in results)
-    assert seen and all(s["features"] == torch.bfloat16 and s["logits"] == torch.float32 for s in seen)
+    assert outputs and all(s["features"] == torch.bfloat16 and s["logits"] == torch.float32 for s in outputs)
+    assert losses and set(losses) == {torch.float32}
     if method == "der":  # the auxiliary head of task 1 was fp32 too
-        assert any(s.get("aux_logits") == torch.float32 for s in seen)
+        assert any(s.get("aux_logits") == torch.float32 for s in outputs)
     assert all(p.dtype == torch.float32 for p in engine.method.network.parameters())  # never cast
 
 
@@ -233,16 +285,13 @@ def test_origin_records_the_speed_settings_and_versions():
 
 
 def test_records_are_readable_by_other_users(tmp_path):
-    """mkstemp makes files 0600; a record must end 0666 less the umask (0644 under the usual 022)."""
-    from benchmark.records.store import _umask
-
-    mask = os.umask(0o022)
-    _umask.cache_clear()  # read again under the umask set here
-    try:
-        path = tmp_path / "runs" / "x" / "record.json"
-        write_json_atomic(path, {"status": "complete"})
-        assert path.stat().st_mode & 0o777 == 0o644
-    finally:
-        os.umask(mask)
-        _umask.cache_clear()
+    """mkstemp makes files 0600; a record ends 0666 less the umask: 0640 under a umask of 027, set in a
+    fresh process before the store reads it."""
+    path = tmp_path / "runs" / "x" / "record.json"
+    code = ("import os, sys; from pathlib import Path; os.umask(0o027)\n"
+            f"from {write_json_atomic.__module__} import write_json_atomic\n"
+            "write_json_atomic(Path(sys.argv[1]), {'status': 'complete'})")
+    subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO, check=True, timeout=120)
+    assert path.stat().st_mode & 0o777 == 0o640
     assert json.loads(path.read_text()) == {"status": "complete"}
+    assert [p.name for p in path.parent.iterdir()] == ["record.json"]  # no temporary file left
