@@ -244,10 +244,10 @@ def test_gather_rows_restores_the_order():
     assert out.tolist() == [[14, 15], [4, 5], [18, 19], [4, 5]]
 
 
-def test_pinned_memory_only_for_cuda(image_paths, tmp_path, monkeypatch):
-    assert pins_memory(torch.device("cuda")) and pins_memory(torch.device("cuda", 1))
-    assert not pins_memory(torch.device("cpu"))
-    requested = []
+@pytest.fixture()
+def pin_requests(monkeypatch) -> list[bool]:
+    """The pin_memory argument of every torch.empty the batch sources call."""
+    requested: list[bool] = []
     real_empty = torch.empty
 
     def recording_empty(*args, **kwargs):
@@ -255,12 +255,26 @@ def test_pinned_memory_only_for_cuda(image_paths, tmp_path, monkeypatch):
         return real_empty(*args, **kwargs)
 
     monkeypatch.setattr(batches_module.torch, "empty", recording_empty)
+    return requested
+
+
+def test_pinned_memory_only_for_cuda(image_paths, tmp_path, pin_requests):
+    assert pins_memory(torch.device("cuda")) and pins_memory(torch.device("cuda", 1))
+    assert not pins_memory(torch.device("cpu"))
     cached = folder_set(image_paths, tmp_path).cached_images()
     images = CachedSource(cached, np.zeros(COUNT), torch.device("cpu")).images(torch.tensor([1, 0]))
-    assert requested == [False] and not images.is_pinned()
-    if torch.cuda.is_available():  # the pinned, non-blocking branch, where a GPU exists
-        on_gpu = CachedSource(cached, np.zeros(COUNT), torch.device("cuda")).images(torch.tensor([1, 0]))
-        assert requested[-1] is True and torch.equal(on_gpu.cpu(), images)
+    assert pin_requests == [False] and not images.is_pinned()
+    assert images.device.type == "cpu" and torch.equal(images, to_chw_tensor(cached[[1, 0]], torch.device("cpu")))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the pinned, non-blocking copy is the CUDA branch")
+def test_cuda_reads_go_through_pinned_memory(image_paths, tmp_path, pin_requests):
+    cached = folder_set(image_paths, tmp_path).cached_images()
+    on_cpu = CachedSource(cached, np.zeros(COUNT), torch.device("cpu")).images(torch.tensor([1, 0]))
+    pin_requests.clear()
+    on_gpu = CachedSource(cached, np.zeros(COUNT), torch.device("cuda")).images(torch.tensor([1, 0]))
+    assert pin_requests == [True] and on_gpu.device.type == "cuda"
+    assert torch.equal(on_gpu.cpu(), on_cpu)
 
 
 def test_io_speed_runs_and_checks_its_arguments(tmp_path, capsys):
