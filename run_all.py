@@ -122,7 +122,7 @@ def _write_grid(target: Target) -> None:
     """The current grid's cells, which the report builds its tables from (records of other grids
     in the same folder are left out)."""
     from benchmark.config.grid import plan_rows
-    from benchmark.records.store import write_json_atomic
+    from benchmark.files import write_json_atomic
     from benchmark.report.writer import GRID_FILE
 
     write_json_atomic(target.experiment_dir / GRID_FILE,

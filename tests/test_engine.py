@@ -26,7 +26,8 @@ import torch
 
 from benchmark.config.experiment import parse_experiment
 from benchmark.config.grid import Run, expand
-from benchmark.records.store import record_path, record_status, run_dir, write_json_atomic
+from benchmark.files import write_json_atomic
+from benchmark.records.store import record_path, record_status, run_dir
 from benchmark.train.runner import execute_run, first_task_path
 from methods import METHODS
 from methods.finetune import Finetune

@@ -23,7 +23,7 @@ ALLOWED: dict[str, set[str]] = {
     "benchmark.files": set(),
     "benchmark.data": {"benchmark.files"},
     "benchmark.records": {"benchmark.files"},
-    "benchmark.config": {"benchmark.data", "budgets", "methods"},
+    "benchmark.config": {"benchmark.data", "benchmark.files", "budgets", "methods"},
     "benchmark.train": {"benchmark.config", "benchmark.data", "benchmark.records", "benchmark.files",
                         "budgets", "methods"},
     "benchmark.launch": {"benchmark.train", "benchmark.config", "benchmark.data", "benchmark.records",

@@ -7,14 +7,13 @@ cell it stands for.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from budgets.planner import BudgetError, CellPlan, PlanContext, plan
 from methods import METHODS
 
+from benchmark.files import stable_hash
 from benchmark.config.experiment import Experiment
 from benchmark.data import DATASETS, Scenario
 from benchmark.config.precision import precision_problem
@@ -52,9 +51,8 @@ class Run:
 
 def identity_hash(identity: dict[str, Any]) -> str:
     """The name of what an identity describes (a run's id, a first-task model's key): 12 hex digits
-    of the SHA-256 of its canonical JSON."""
-    canonical = json.dumps(identity, sort_keys=True, default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+    of the SHA-256 of its canonical JSON (benchmark.files.stable_hash, which names image caches too)."""
+    return stable_hash(identity, digits=12)
 
 
 def plan_context(experiment: Experiment, scenario: str) -> PlanContext:

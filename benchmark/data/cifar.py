@@ -9,13 +9,14 @@ Each is looked for in `root` and in `root/<name>`. Whatever the source, the arra
 from __future__ import annotations
 
 import json
-import os
 import re
 import warnings
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from benchmark.files import write_atomic
 
 from .errors import DataError, not_found_error
 from .imageset import ArrayImageSet, Dataset, candidate_dirs
@@ -240,14 +241,9 @@ def load_cache(path: Path, spec: DatasetSpec) -> Dataset:
 
 def write_cache(path: Path, arrays: dict[str, np.ndarray], names: list[str]) -> None:
     """Uncompressed (loads in well under a second), written atomically so a crash leaves no half file."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays, class_names=np.asarray(names, dtype=str))
-        os.replace(tmp, path)
+        write_atomic(path, lambda file: np.savez(file, **arrays, class_names=np.asarray(names, dtype=str)))
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         # A read-only data folder still loads; it just pays the pickle decode every time.
         warnings.warn(f"could not write the cache {path} ({err}); later loads will decode the torchvision files again")
 

@@ -14,7 +14,6 @@ not stored: they are renumbered per seed (relabel), while the images of a file l
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
+
+from benchmark.files import atomic_path, stable_hash, stale_temporaries, write_json_atomic
 
 from .errors import DataError
 
@@ -52,8 +53,8 @@ def cache_dir_for(data_folder: str | Path) -> Path | None:
 
 
 def cache_key(paths: Sequence[str], transform: dict) -> str:
-    identity = json.dumps({"version": FORMAT_VERSION, "transform": transform, "paths": list(paths)})
-    return hashlib.sha256(identity.encode()).hexdigest()[:16]
+    """16 hex digits naming the file list and the transform (the hash of run ids and first-task keys)."""
+    return stable_hash({"version": FORMAT_VERSION, "transform": transform, "paths": list(paths)}, digits=16)
 
 
 def _file_facts(paths: Sequence[str]) -> list[list]:
@@ -152,23 +153,16 @@ def _build(paths: Sequence[str], decode: Decode, shape: tuple[int, int, int], np
            manifest: dict, log: Log, threads: int | None) -> None:
     """Decode into a temporary .npy, then rename it and write the manifest (last: it marks completion)."""
     manifest_file.unlink(missing_ok=True)  # from here on a crash leaves a cache that fails the check
-    for stale in npy.parent.glob(f".{npy.name}.*.tmp"):  # left by a killed build (we hold the lock)
+    for stale in stale_temporaries(npy) + stale_temporaries(manifest_file):  # of a killed build (we hold the lock)
         stale.unlink()
     _check_room(npy.parent, len(paths), shape)
-    temporary = npy.with_name(f".{npy.name}.{os.getpid()}.tmp")
     started = time.perf_counter()
-    try:
+    with atomic_path(npy) as temporary:
         out = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=(len(paths), *shape))
         _decode_into(out, paths, decode, threads)
         out.flush()
         del out
-        os.replace(temporary, npy)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    manifest_temporary = manifest_file.with_name(f".{manifest_file.name}.{os.getpid()}.tmp")
-    manifest_temporary.write_text(json.dumps(manifest))
-    os.replace(manifest_temporary, manifest_file)
+    write_json_atomic(manifest_file, manifest, indent=None)
     seconds = time.perf_counter() - started
     log(f"image cache {npy}: built {len(paths)} images in {seconds:.1f} s ({len(paths) / seconds:.0f} images/s)")
 

@@ -211,7 +211,8 @@ def run_on_node(claim: Callable[..., Any], model: Any, results_root: Path, exper
     import json
 
     from benchmark.launch.locks import record_stamp
-    from benchmark.records.store import record_path, write_atomic
+    from benchmark.files import write_atomic
+    from benchmark.records.store import record_path
 
     root = node_results_root(results_root)
     folder = root / _below(Path(experiment_dir), Path(results_root))

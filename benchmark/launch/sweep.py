@@ -224,7 +224,8 @@ class Sweep:
         self.progress.step(done=failure is None, failed=failure is not None)
 
     def _keep_record(self, run: Run, record: dict) -> None:
-        from benchmark.records.store import record_path, write_json_atomic  # late: records imports torch
+        from benchmark.files import write_json_atomic
+        from benchmark.records.store import record_path  # late: records imports torch
 
         try:
             write_json_atomic(record_path(self.experiment_dir, run.run_id), record)

@@ -1,20 +1,18 @@
 """Run records on disk: one folder per run, its record written atomically, its origin attached.
 
-A run killed half-way leaves no record.json (the temporary file is never renamed), so a
-resumed benchmark sees it as not done.
+Records are written with benchmark.files.write_json_atomic: a run killed half-way leaves no
+record.json (the temporary file is never renamed), so a resumed benchmark sees it as not done.
 """
 from __future__ import annotations
 
 import json
-import os
 import platform
 import socket
 import subprocess
 import sys
-import tempfile
 from functools import lru_cache
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import Any
 
 import torch
 
@@ -27,46 +25,6 @@ def run_dir(experiment_dir: Path, run_id: str) -> Path:
 
 def record_path(experiment_dir: Path, run_id: str) -> Path:
     return run_dir(experiment_dir, run_id) / "record.json"
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write to a temporary file in the same folder, then rename: readers see all or nothing."""
-    write_atomic(path, lambda file: json.dump(payload, file, indent=1, default=_jsonable), mode="w")
-
-
-def write_atomic(path: Path, write: Callable[[IO], None], mode: str = "wb") -> None:
-    """Call `write` on a temporary file next to `path`, sync it, then rename it to `path`.
-
-    mkstemp creates the file private (0600); the result is made readable like any new file
-    (0666 less the umask), so other users of a shared results folder can read every record."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(handle, 0o666 & ~_umask())
-        with os.fdopen(handle, mode) as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-@lru_cache(maxsize=1)
-def _umask() -> int:
-    """The process umask, read once (reading it means setting it, which races with other threads)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, (set, tuple)):
-        return list(value)
-    return str(value)
 
 
 def record_status(experiment_dir: Path, run_id: str) -> str | None:

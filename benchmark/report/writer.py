@@ -29,7 +29,7 @@ import pandas as pd
 
 from benchmark.report import plots
 from benchmark.report.columns import CSV_COLUMNS, EXPERIMENT_KEYS, KINDS
-from benchmark.records.store import write_json_atomic
+from benchmark.files import write_json_atomic
 from benchmark.report.tables import (auc_table, format_auc, format_summary, runs_table, summary_table,
                               tasks_table)
 

@@ -19,7 +19,7 @@ import torch
 
 from benchmark.train.engine import Engine, TaskResult
 from benchmark.train.evaluation import Accuracy
-from benchmark.records.store import write_atomic
+from benchmark.files import write_atomic
 
 CHECKPOINT = "checkpoint.pt"
 

@@ -26,7 +26,8 @@ from benchmark.data import DATASETS, Scenario, class_order, incremental_labels, 
 from benchmark.train.engine import Engine, EngineSettings, RunData, TaskResult
 from benchmark.config.grid import Run, identity_hash
 from benchmark.config.profile import Schedule
-from benchmark.records.store import origin, record_path, record_status, run_dir, write_atomic, write_json_atomic
+from benchmark.files import write_atomic, write_json_atomic
+from benchmark.records.store import origin, record_path, record_status, run_dir
 
 __all__ = ["execute_run", "train_first_task", "first_task_key", "write_failed_record", "record_status",
            "breaks_cuda_context"]
