@@ -97,7 +97,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"error: nothing was run; fix these first:{listed}", file=sys.stderr)
         return 2
     runner = sweep.default_runner()
-    resume = sort_by_status(target.runs, target.experiment_dir, runner.record_status, args.retry_failed)
+    resume = sort_by_status(target.runs, target.experiment_dir, args.retry_failed)
     workers = args.workers or devices.default_cpu_workers()
     where = (slurm.describe(slurm_options.resolve(target.experiment.slurm, args)) if args.backend == "slurm" else
              devices.describe_placement(args.backend, target.gpus, args.runs_per_gpu, workers, args.address))

@@ -51,10 +51,11 @@ class Runner:
 
 
 def default_runner() -> Runner:
+    from benchmark.records.schema import record_status  # the one judge of a record, as resume and report use
     from benchmark.train import runner  # late: the sweep must import before (and without) the training stack
 
     return Runner(runner.first_task_key, runner.train_first_task, runner.execute_run,
-                  runner.write_failed_record, runner.record_status)
+                  runner.write_failed_record, record_status)
 
 
 def expected_cost(run: Run) -> tuple[int, int, int]:
@@ -67,10 +68,10 @@ def expected_cost(run: Run) -> tuple[int, int, int]:
     from benchmark.data import DATASETS, Scenario
 
     traits, spec = METHODS.get(run.method), DATASETS[run.dataset]
-    per_class = run.training["images_per_class"] or spec.train_per_class
+    per_class = spec.per_class("train", run.training["images_per_class"])
     later = Scenario.parse(run.scenario).task_sizes(spec.num_classes)[1:]
     images = sum(run.exemplars + size * per_class for size in later) * run.training["later_tasks"]["epochs"]
-    growing = max(cell.model_params for cell in run.cells) if traits.growth != "single" else 0
+    growing = max(cell.model_params for cell in run.cells) if traits.grows() else 0
     return int(traits.trains_on_all_data), growing, images
 
 

@@ -28,11 +28,10 @@ def record_path(experiment_dir: Path, run_id: str) -> Path:
 
 
 def record_status(experiment_dir: Path, run_id: str) -> str | None:
-    """"complete", "failed", or None when the run has no readable record."""
-    try:
-        return json.loads(record_path(experiment_dir, run_id).read_text()).get("status")
-    except (OSError, ValueError, AttributeError):
-        return None
+    """"complete", "failed", or None when the run has no whole record (benchmark.records.schema judges)."""
+    from benchmark.records.schema import record_status as judged  # the one judge of a record
+
+    return judged(experiment_dir, run_id)
 
 
 @lru_cache(maxsize=1)

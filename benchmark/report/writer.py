@@ -29,6 +29,7 @@ import pandas as pd
 
 from benchmark.report import plots
 from benchmark.report.columns import CSV_COLUMNS, EXPERIMENT_KEYS, KINDS
+from benchmark.records.schema import judge
 from benchmark.files import write_json_atomic
 from benchmark.report.tables import (auc_table, format_auc, format_summary, runs_table, summary_table,
                               tasks_table)
@@ -38,8 +39,6 @@ PLOT_DIR = "plots"
 OUTPUTS = [*CSV_COLUMNS, PLOT_DIR]  # everything the report owns in the experiment folder
 STAGING_PREFIX = ".report-staging-"
 MANIFEST = "manifest.json"  # in a staging folder: the set is complete and may be moved into place
-RECORD_KEYS = {"run_id": str, "status": str, "cell": dict}  # what every record must have
-OPTIONAL_KEYS = {"cells": list, "tasks": list, "summary": dict, "origin": dict, "error": dict}
 
 # ------------------------------------------------------------------------------ loading
 
@@ -99,33 +98,13 @@ def load_grid(experiment_dir: Path) -> dict[str, list[dict]] | None:
 
 def _read_record(path: Path) -> dict | None:
     """The parsed record, or None with a warning that names it: one broken run must not hide the
-    others."""
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:  # a folder, unreadable, not UTF-8, not JSON
-        problem = f"{type(error).__name__}: {error}"
-    else:
-        problem = _record_problem(record)
-    if problem is None:
-        return record
-    warnings.warn(f"skipping damaged run record {path}: {problem} (rerun the run to replace it)",
-                  stacklevel=3)
+    others. benchmark.records.schema judges it, as `run` does, which runs a damaged record again."""
+    verdict = judge(path)
+    if verdict.record is not None:
+        return verdict.record
+    warnings.warn(f"skipping damaged run record {path}: {verdict.problem}; `run_all.py run` on its "
+                  f"experiment file runs it again", stacklevel=3)
     return None
-
-
-def _record_problem(record: object) -> str | None:
-    """What makes `record` unusable, or None."""
-    if not isinstance(record, dict):
-        return f"a JSON {type(record).__name__}, not an object"
-    missing = [key for key in RECORD_KEYS if record.get(key) is None]
-    if missing:
-        return f"missing {missing}"
-    wrong = [f"{key} is a {type(record[key]).__name__}, not a {kind.__name__}"
-             for key, kind in (RECORD_KEYS | OPTIONAL_KEYS).items()
-             if record.get(key) is not None and not isinstance(record[key], kind)]
-    wrong += [f"an entry of {key} is not an object" for key in ("cells", "tasks")
-              if not all(isinstance(entry, dict) for entry in record.get(key) or [])]
-    return "; ".join(wrong) or None
 
 
 # ------------------------------------------------------------------------------ writing
