@@ -99,7 +99,7 @@ def test_sync_guard_covers_the_steps_and_releases_before_the_epoch_sync(small_en
     modes: list[str] = ["default"]
     monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", lambda mode: modes.append(mode))
     at_steps: list[str] = []
-    optimizer = check_steps.engine_optimizer(engine, method, 1)
+    optimizer = engine.optimizer(engine.settings.schedules[1])
     optimizer.register_step_post_hook(lambda *_: at_steps.append(modes[-1]))
     source = check_steps.random_batches(engine, engine.training_set(engine.data.task(1)), 3, 4)
     loss = engine.train_epoch(engine.data.task(1), check_steps.SyncGuardedSource(source), optimizer, 4)
@@ -115,7 +115,7 @@ def test_placement_and_dtype_checks_can_fail(small_engine):
     probe = check_steps.DtypeProbe(method)
     try:
         engine.train_epoch(engine.data.task(1), check_steps.random_batches(engine, source, 1, 4),
-                           check_steps.engine_optimizer(engine, method, 1), 4)
+                           engine.optimizer(engine.settings.schedules[1]), 4)
     finally:
         probe.remove()
     assert set(probe.seen) == {"first conv", "classifier", "auxiliary head"}

@@ -218,13 +218,11 @@ def test_checkpoint_files_are_readable_by_others(runs):
 def test_resume_restores_everything_it_saved(method, runs, cifar_root, tmp_path):
     """Restore a finished run's checkpoint into a fresh engine and save it again: the same tensors
     (network, teacher, exemplars, RNG states), the same results, the same frozen parts."""
-    from benchmark.train.runner import _settings, new_method, prepare_data
-    from benchmark.train.engine import Engine
+    from benchmark.train.runner import new_engine, prepare_data
 
     run = runs["runs"][method]
     source = checkpoints.checkpoint_path(run_dir(runs["root"] / "whole", run.run_id))
-    engine = Engine(new_method(run, run.method, run.training["method_options"]),
-                    prepare_data(run, cifar_root, torch.device("cpu")), _settings(run, run.exemplars), lambda line: None)
+    engine = new_engine(run, prepare_data(run, cifar_root, torch.device("cpu")), log=lambda line: None)
     resumed = checkpoints.resume(source, run.run_id, engine)
     again = tmp_path / "again.pt"
     checkpoints.save(again, run.run_id, engine, resumed.results, resumed.wall_seconds)

@@ -120,7 +120,7 @@ def tiny_data() -> RunData:
 def test_eval_and_herding_batch_sizes_reach_the_engine(monkeypatch):
     run = runs_of({"eval_batch_size": 7, "herding_batch_size": 3})["replay"]
     assert run.training["eval_batch_size"] == 7 and run.training["herding_batch_size"] == 3
-    settings = runner._settings(run, run.exemplars)
+    settings = runner.engine_settings(run, run.exemplars)
     assert settings.eval_batch_size == 7 and settings.herding_batch_size == 3 and settings.precision == "fp32"
     assert run.run_id != runs_of()["replay"].run_id
     import benchmark.train.engine as engine_module

@@ -25,7 +25,7 @@ from torch import nn
 from benchmark.train.batches import BatchSource, select
 from benchmark.train.engine import Engine, RunData
 from benchmark.config.grid import Run
-from benchmark.tools.timing import engine_optimizer, task_engine
+from benchmark.tools.timing import task_engine
 
 if TYPE_CHECKING:
     from methods import Method
@@ -108,7 +108,7 @@ def step_problems(run: Run, data: RunData, precision: str, batch_size: int, step
     task = data.task(1)
     source = engine.training_set(task)
     problems = placement_problems(engine, method, source)
-    optimizer = engine_optimizer(engine, method, 1)
+    optimizer = engine.optimizer(engine.settings.schedules[1])
     probe = DtypeProbe(method)
     try:  # one warm-up step (cuDNN autotuning may synchronize), watched by the dtype probe
         engine.train_epoch(task, random_batches(engine, source, 1, batch_size), optimizer, batch_size)

@@ -35,12 +35,10 @@ from typing import Callable
 
 import torch
 
-from methods import METHODS
-
-from benchmark.train.engine import Engine, RunData, stream_seed
+from benchmark.train.engine import RunData
 from benchmark.config.grid import Run
 from benchmark.config.precision import PRECISIONS, precision_problem
-from benchmark.train.runner import _settings, prepare_data
+from benchmark.train.runner import engine_settings, new_engine, prepare_data
 from benchmark.tools.timing import (METHOD_NAMES, BareCell, FullCell, bare_flops, full_flops, matmul_peaks, measure, method_run,
                      speed_experiment, step_peak_name, task_engine)
 
@@ -81,15 +79,13 @@ def _with_layout(data: RunData, channels_last: bool) -> RunData:
 
 # -- the first-task epoch ---------------------------------------------------------------------------
 def first_task_epoch(runs: list[Run], data: RunData, precision: str = "fp32") -> dict:
-    """A real first-task epoch of iCaRL/resnet32 through `Engine.train`, then the CNN test pass. On
-    CUDA two epochs are trained and the second is reported: the first pays cuDNN's autotuning."""
+    """A real first-task epoch of iCaRL/resnet32 through `Engine.train`, from where a run starts it
+    (`Engine.advance_to(0)`: seeded, grown), then the CNN test pass. On CUDA two epochs are trained
+    and the second is reported: the first pays cuDNN's autotuning."""
     run = method_run(runs, "icarl", "resnet32")
-    torch.manual_seed(stream_seed(run.network_seed, 0))  # as Engine.learn_task seeds task 0
-    method = METHODS.get("icarl")("resnet32", run.training["method_options"])
-    engine = Engine(method, data, replace(_settings(run, run.exemplars), precision=precision), log=lambda _: None)
-    task = data.task(0)
-    engine.generator.manual_seed(stream_seed(run.network_seed, 0))
-    engine.grow(task)
+    settings = replace(engine_settings(run, run.exemplars), precision=precision)
+    engine = new_engine(run, data, settings, log=lambda _: None)
+    task = engine.advance_to(0)
     source = engine.training_set(task)
     epochs = 2 if engine.device.type == "cuda" else 1
     epoch = engine.train(task, source, replace(engine.settings.schedules[0], epochs=epochs))[-1]

@@ -26,10 +26,11 @@ from methods.backbones import build_backbone
 
 from benchmark.train.batches import Augmentation, TensorSource, select
 from benchmark.config.experiment import parse_experiment
+from benchmark.config.profile import Schedule
 from benchmark.data import DATASETS, Scenario
-from benchmark.train.engine import Engine, RunData
+from benchmark.train.engine import Engine, RunData, schedule_optimizer, step_autocast
 from benchmark.config.grid import Run, expand
-from benchmark.train.runner import _settings
+from benchmark.train.runner import engine_settings, new_engine
 
 METHOD_NAMES = tuple(METHODS.names())
 EXEMPLARS = 2000            # the MEMO paper's smallest CIFAR-100 budget
@@ -87,7 +88,7 @@ class FullCell(Cell):
         super().__init__(batch_size)
         self.engine, self.method, self.task = engine, method, engine.data.task(task_index)
         self.source = engine.training_set(self.task)
-        self.optimizer = engine_optimizer(engine, method, task_index)
+        self.optimizer = engine.optimizer(engine.settings.schedules[task_index])
 
     def run(self, steps: int) -> list[float]:
         engine = self.engine
@@ -102,15 +103,13 @@ class FullCell(Cell):
         return watch.durations()
 
 
-def engine_optimizer(engine: Engine, method: Method, task_index: int) -> torch.optim.Optimizer:
-    """The optimizer `Engine.train` builds for the task (fused SGD on CUDA)."""
-    schedule = engine.settings.schedules[task_index]
-    return torch.optim.SGD(method.trainable_parameters(), lr=schedule.lr, momentum=schedule.momentum,
-                           weight_decay=schedule.weight_decay, fused=engine.fused_sgd)
+# The bare step's SGD: the paper profile's later-task settings (its lr and epochs play no part in a step's cost).
+BARE_SCHEDULE = Schedule(epochs=1, milestones=(), weight_decay=2e-4, lr=0.1, momentum=0.9)
 
 
 class BareCell(Cell):
-    """Backbone + linear classifier, one ready float batch, cross-entropy, SGD."""
+    """Backbone + linear classifier, one ready float batch, cross-entropy, SGD: the engine's
+    optimizer and autocast (`schedule_optimizer`, `step_autocast`) around the plainest step."""
 
     def __init__(self, backbone: str, classes: int, batch_size: int, device: torch.device,
                  channels_last: bool, precision: str = "fp32") -> None:
@@ -123,15 +122,14 @@ class BareCell(Cell):
             self.model.to(memory_format=torch.channels_last)
             self.images = self.images.contiguous(memory_format=torch.channels_last)
         self.labels = torch.randint(0, classes, (batch_size,), device=device)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4,
-                                         fused=device.type == "cuda")
-        self.bf16 = precision == "bf16" and device.type == "cuda"
+        self.optimizer = schedule_optimizer(self.model.parameters(), BARE_SCHEDULE, device)
+        self.precision = precision
 
     def run(self, steps: int) -> list[float]:
         watch = Stopwatch(self.images.device)
         watch.start()
         for _ in range(steps):
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
+            with step_autocast(self.precision, self.images.device):
                 loss = F.cross_entropy(self.model(self.images), self.labels)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -167,22 +165,15 @@ def method_run(runs: list[Run], method: str, backbone: str) -> Run:
 
 
 def task_engine(run: Run, data: RunData, index: int = 1, precision: str = "fp32") -> tuple[Engine, Method]:
-    """An engine whose method stands at the start of task `index`: the network grown as
-    `Engine.grow` grows it (device, layout, fp32 heads under bf16), a teacher where the method keeps
-    one, the earlier tasks' exemplars stored (picked at random: selection is not timed here).
+    """The run's engine brought to task `index` (`Engine.advance_to`): the network grown as a run
+    grows it (device, layout, fp32 heads under bf16), a teacher where the method keeps one, the
+    earlier tasks' exemplars stored (picked at random: selection is not timed here), in train mode.
     Nothing is trained: the step costs the same on untrained weights."""
-    torch.manual_seed(run.network_seed)
-    method = METHODS.get(run.method)(run.backbone, run.training["method_options"])
-    settings = replace(_settings(run, run.exemplars), selection="random", precision=precision)
-    engine = Engine(method, data, settings, log=lambda _: None)
-    for earlier in range(index):
-        task = data.task(earlier)
-        engine.grow(task)
-        method.after_task(task)
-        engine.update_memory(task)
-    engine.grow(data.task(index))
-    method.network.train()
-    return engine, method
+    settings = replace(engine_settings(run, run.exemplars), selection="random", precision=precision)
+    engine = new_engine(run, data, settings, log=lambda _: None)
+    engine.advance_to(index)
+    engine.method.network.train()
+    return engine, engine.method
 
 
 def synthetic_data(device: torch.device, scenario: str = "B0Inc10", per_class: int = 50,

@@ -5,10 +5,10 @@ A checkpoint holds the network's state and shape (tasks grown, classes), the tea
 memory, the RNG states and the task results so far; no optimizer state, since every task starts a
 fresh optimizer. It is written atomically next to the run's record (runs/<id>/checkpoint.pt).
 
-Resuming rebuilds the network's structure by replaying the method's growth (`before_task`, then
-`after_task`, for every finished task: new blocks, heads, frozen parts, teacher, dropped auxiliary
-head), then loads the saved tensors into it. That needs `after_task` to change only the network's
-structure or values, never to read data, which holds for every method here.
+Resuming rebuilds the network's structure by replaying the method's growth (`Engine.replay`:
+`before_task`, then `after_task`, for every finished task: new blocks, heads, frozen parts, teacher,
+dropped auxiliary head), then loads the saved tensors into it. That needs `after_task` to change only
+the network's structure or values, never to read data, which holds for every method here.
 """
 from __future__ import annotations
 
@@ -64,10 +64,7 @@ def resume(path: Path, run_id: str, engine: Engine) -> Resumed | None:
         raise CheckpointError(f"{path} could not be read ({type(error).__name__}: {error}); {fix}") from error
     if payload["run_id"] != run_id:
         raise CheckpointError(f"{path} belongs to run {payload['run_id']}, not {run_id}; {fix}")
-    for index in range(payload["tasks_done"]):
-        task = engine.data.task(index)
-        engine.grow(task)
-        engine.method.after_task(task)
+    engine.replay(payload["tasks_done"])
     method = engine.method
     if method.network.num_classes != payload["num_classes"] or (method.teacher is None) != (payload["teacher"] is None):
         raise CheckpointError(f"{path} holds a network of {payload['num_classes']} classes (teacher: "

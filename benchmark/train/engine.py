@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable, Literal
 
 import torch
 
@@ -45,10 +45,38 @@ class RunData:
         return ((source.labels >= low) & (source.labels < high)).nonzero().flatten()
 
 
-def stream_seed(network_seed: int, index: int) -> int:
-    """The seed of one random stream of a run: a task's (training order, augmentation) or a class's
-    (random exemplar selection). One formula, so that every stream is reproducible on its own."""
-    return network_seed * 1000 + index
+StreamKind = Literal["task", "class"]
+# Where each kind of stream's seeds start. Both 0 for now: class k's stream is still task k's.
+STREAM_OFFSETS: dict[str, int] = {"task": 0, "class": 0}
+
+
+def stream_seed(kind: StreamKind, network_seed: int, index: int) -> int:
+    """The seed of one random stream of a run: task `index`'s (kind "task": initialization of what
+    the task grows, training order, augmentation) or class `index`'s (kind "class": random exemplar
+    selection). One formula per kind, so that every stream is reproducible on its own."""
+    return STREAM_OFFSETS[kind] + network_seed * 1000 + index
+
+
+def uses_autocast(precision: str, device: torch.device) -> bool:
+    """Whether a training step runs under bf16 autocast: precision "bf16" on CUDA (where the
+    configuration allows it at all, benchmark.config.precision)."""
+    return precision == "bf16" and device.type == "cuda"
+
+
+def step_autocast(precision: str, device: torch.device) -> torch.autocast:
+    """The autocast around a training step's forward and loss (off unless `uses_autocast`)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_autocast(precision, device))
+
+
+def fuses_sgd(device: torch.device) -> bool:
+    return device.type == "cuda"  # the fused kernel exists for CUDA tensors only
+
+
+def schedule_optimizer(parameters: Iterable[torch.nn.Parameter], schedule: Schedule,
+                       device: torch.device) -> torch.optim.SGD:
+    """The optimizer of one task's schedule: SGD with its lr, momentum and weight decay (fused on CUDA)."""
+    return torch.optim.SGD(parameters, lr=schedule.lr, momentum=schedule.momentum,
+                           weight_decay=schedule.weight_decay, fused=fuses_sgd(device))
 
 
 class DivergedError(RuntimeError):
@@ -106,11 +134,11 @@ class Engine:
 
     @property
     def autocast(self) -> bool:
-        return self.settings.precision == "bf16" and self.device.type == "cuda"
+        return uses_autocast(self.settings.precision, self.device)
 
     @property
     def fused_sgd(self) -> bool:
-        return self.device.type == "cuda"  # the fused kernel exists for CUDA tensors only
+        return fuses_sgd(self.device)
 
     def speed_settings(self) -> dict[str, object]:
         """What this engine does for speed, for the run's origin. On CUDA "fp32" convolutions run
@@ -133,11 +161,7 @@ class Engine:
         return results
 
     def learn_task(self, task: Task, first_task_state: dict | None = None) -> TaskResult:
-        # Seeding per task makes a run's later tasks identical whether task 0 was trained or loaded,
-        # and whether the earlier tasks ran in this process or were restored from a checkpoint.
-        torch.manual_seed(stream_seed(self.settings.network_seed, task.index))
-        self.generator.manual_seed(stream_seed(self.settings.network_seed, task.index))
-        self.grow(task)
+        self.begin_task(task)
         start = time.perf_counter()
         epochs: list[dict] = []
         if first_task_state is not None:
@@ -157,6 +181,41 @@ class Engine:
         self.log(f"task {task.index}: {task.total_classes} classes, CNN {cnn.overall:.2f}%{nme_text}, "
                  f"{result.exemplars_stored} images stored, train {result.train_seconds:.1f}s")
         return result
+
+    def seed_task(self, task: Task) -> None:
+        """Seed the task's stream: torch's global generator (what the task grows) and the engine's
+        (training order, augmentation). Seeding per task makes a run's later tasks identical whether
+        task 0 was trained or loaded, and whether the earlier tasks ran in this process or were
+        restored from a checkpoint."""
+        seed = stream_seed("task", self.settings.network_seed, task.index)
+        torch.manual_seed(seed)
+        self.generator.manual_seed(seed)
+
+    def begin_task(self, task: Task) -> None:
+        """What comes before a task's training: its seeding, then the method's growth."""
+        self.seed_task(task)
+        self.grow(task)
+
+    def replay(self, tasks: int, select_exemplars: bool = False) -> None:
+        """The method's structure after learning tasks 0 .. `tasks` - 1, without training them: each
+        task begun (seeded, grown: new blocks, heads, teacher) and closed by the method's
+        `after_task` (frozen parts, dropped auxiliary head), with `select_exemplars` its exemplars
+        picked too. A resumed run then loads the trained tensors into this structure."""
+        for index in range(tasks):
+            task = self.data.task(index)
+            self.begin_task(task)
+            self.method.after_task(task)
+            if select_exemplars:
+                self.update_memory(task)
+
+    def advance_to(self, index: int) -> Task:
+        """Bring the method to the point where `learn_task` trains task `index`: the earlier tasks
+        replayed (exemplars selected), task `index` begun. Nothing is trained, so the weights are
+        the initial ones; a step costs the same on them (the measuring tools stand engines here)."""
+        self.replay(index, select_exemplars=True)
+        task = self.data.task(index)
+        self.begin_task(task)
+        return task
 
     def grow(self, task: Task) -> None:
         """The method's before-task step (new blocks, heads, teacher), then the new modules placed
@@ -180,9 +239,7 @@ class Engine:
         return concat([new, TensorSource(self.memory.images, self.memory.labels)])
 
     def train(self, task: Task, source: BatchSource, schedule: Schedule) -> list[dict]:
-        # A fresh optimizer per task (as the reference runs): nothing of it outlives the task.
-        optimizer = torch.optim.SGD(self.method.trainable_parameters(), lr=schedule.lr, momentum=schedule.momentum,
-                                    weight_decay=schedule.weight_decay, fused=self.fused_sgd)
+        optimizer = self.optimizer(schedule)
         lr_steps = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(schedule.milestones), schedule.lr_decay)
         self.method.network.train()
         history = []
@@ -201,6 +258,10 @@ class Engine:
                      f"{history[-1]['images_per_second']:.0f} images/s")
         return history
 
+    def optimizer(self, schedule: Schedule) -> torch.optim.SGD:
+        """A fresh optimizer per task (as the reference runs): nothing of it outlives the task."""
+        return schedule_optimizer(self.method.trainable_parameters(), schedule, self.device)
+
     def train_epoch(self, task: Task, source: BatchSource, optimizer: torch.optim.Optimizer, batch_size: int) -> float:
         """The summed loss of one epoch; one host sync at its end (the float), none per step."""
         order = torch.randperm(len(source), generator=self.generator, device=self.device)
@@ -208,7 +269,7 @@ class Engine:
         for rows, images in source.batches(order, batch_size):
             x, labels = self.augment(images), source.labels[rows]
             # bf16 covers the backbones; the heads (IncrementalNet.forward) and so the losses stay fp32.
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            with step_autocast(self.settings.precision, self.device):
                 loss = self.method.loss(task, x, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -235,7 +296,7 @@ class Engine:
     def selection_order(self, source: BatchSource, rows: torch.Tensor, count: int, label: int) -> torch.Tensor:
         if self.settings.selection == "random":
             # One stream per class: a shared seed would pick the same positions in every class.
-            seed = stream_seed(self.settings.network_seed, label)
+            seed = stream_seed("class", self.settings.network_seed, label)
             return random_order(count, len(rows), torch.Generator().manual_seed(seed)).to(rows.device)
         features, _ = extract(self.method.network, source, self.data.augmentation,
                               self.settings.herding_batch_size, rows)

@@ -30,7 +30,7 @@ from benchmark.files import write_atomic, write_json_atomic
 from benchmark.records.store import origin, record_path, record_status, run_dir
 
 __all__ = ["execute_run", "train_first_task", "first_task_key", "write_failed_record", "record_status",
-           "breaks_cuda_context"]
+           "breaks_cuda_context", "engine_settings", "new_engine", "new_method", "prepare_data"]
 
 
 class BudgetExceeded(RuntimeError):
@@ -89,7 +89,7 @@ def train_first_task(run: Run, results_root: Path, device: str, data_root: Path,
     device_ = torch.device(device)
     data = prepare_data(run, data_root, device_)
     method = new_method(run, "replay")  # plain cross-entropy: what every method does on task 0
-    engine = Engine(method, data, _settings(run, exemplars=0), log)
+    engine = Engine(method, data, engine_settings(run, exemplars=0), log)
     result = engine.learn_task(data.task(0))
     payload = {"state": _to_cpu(method.network.first_task_state()), "identity": first_task_identity(run),
                "cnn_accuracy": result.cnn.overall, "train_seconds": result.train_seconds}
@@ -104,12 +104,22 @@ def new_method(run: Run, name: str, options: dict | None = None):
     return METHODS.get(name)(run.backbone, options)
 
 
+def new_engine(run: Run, data: RunData, settings: EngineSettings | None = None,
+               log: Callable[[str], None] = print) -> Engine:
+    """The engine of `run`'s method before its first task, with `settings` (default: the run's own,
+    `engine_settings`). `Engine.advance_to(i)` then brings it to task i without training."""
+    method = new_method(run, run.method, run.training["method_options"])
+    return Engine(method, data, settings or engine_settings(run, run.exemplars), log)
+
+
 def _to_cpu(state: dict) -> dict:
     return {part: {k: v.detach().cpu() for k, v in tensors.items()} for part, tensors in state.items()}
 
 
 # -- one run -----------------------------------------------------------------------------------
-def _settings(run: Run, exemplars: int) -> EngineSettings:
+def engine_settings(run: Run, exemplars: int) -> EngineSettings:
+    """What the engine needs of `run` (schedules per task, selection, precision, batch sizes), with
+    an exemplar budget of `exemplars` (0 for the shared first-task model)."""
     t = run.training
     first, later = Schedule(**_tuple_milestones(t["first_task"])), Schedule(**_tuple_milestones(t["later_tasks"]))
     num_tasks = Scenario.parse(run.scenario).num_tasks(DATASETS[run.dataset].num_classes)
@@ -178,8 +188,7 @@ class _Progress:
 
 def _train(run: Run, folder: Path, results_root: Path, device: str, data_root: Path, threads: int,
            log: Callable[[str], None], progress: _Progress) -> None:
-    method = new_method(run, run.method, run.training["method_options"])
-    engine = Engine(method, prepare_data(run, data_root, torch.device(device)), _settings(run, run.exemplars), log)
+    engine = new_engine(run, prepare_data(run, data_root, torch.device(device)), log=log)
     progress.speed = engine.speed_settings()
     path = checkpoints.checkpoint_path(folder)
     resumed = checkpoints.resume(path, run.run_id, engine)
