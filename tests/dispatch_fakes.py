@@ -1,4 +1,8 @@
-"""Stand-ins for benchmark.train.runner in the dispatch tests: no training, only the files a runner leaves.
+"""Stand-ins for the training in the dispatch tests: no training, only the files a runner leaves.
+
+Everything else of the runner is the real one (`fake_runner` replaces only its two training
+functions in `sweep.default_runner()`): the first-task key that groups runs, the judge of a record
+that decides what is done, the atomic record writer and the failed-record writer.
 
 Module-level, so worker processes (local and Ray) import them by name. Each fake appends one line
 per call to a journal file, which is how the tests count what ran where; small appends to an
@@ -10,39 +14,32 @@ import contextlib
 import io
 import json
 import os
+import subprocess
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 
 from typing import TYPE_CHECKING
 
-from benchmark.launch.sweep import Runner
+from benchmark.launch.sweep import Runner, default_runner
 
 if TYPE_CHECKING:  # not at run time: workers that get no Run need not load torch (the grid imports it)
     from benchmark.config.grid import Run
 
-
-# A small grid of the dispatch tests: a few methods, a budget or two, one seed.
-EXPERIMENT = """\
-name: {name}
-dataset: cifar100
-scenario: B0Inc50
-methods: {methods}
-budgets: {budgets}
-seeds: [1]
-profile: cpu
-family: [conv2_half, resnet8_half, resnet14_half]
-benchmark_backbone: resnet14_half
-anchor_exemplars: 200
-"""
+REPO = Path(__file__).resolve().parents[1]
 
 
-def write_experiment(folder: Path, name: str = "tiny", methods: str = "[finetune, replay, der]",
-                     budgets: str = "[4, 6]") -> Path:
-    path = folder / f"{name}.yaml"
-    path.write_text(EXPERIMENT.format(name=name, methods=methods, budgets=budgets))
-    return path
+def write_experiment(folder: Path, name: str = "tiny", methods: tuple[str, ...] = ("finetune", "replay", "der"),
+                     budgets: tuple[float, ...] = (4, 6), seeds: tuple[int, ...] = (1,)) -> Path:
+    """A small grid of the dispatch tests (tests/conftest.py's tiny experiment, its family grown to
+    resnet14_half): a few methods, a budget or two; every run of one seed shares one first-task model."""
+    from conftest import tiny_experiment, write_experiment as write  # late: workers need no experiment
+
+    return write(folder, tiny_experiment(name, methods, budgets, seeds=list(seeds),
+                                         family=["conv2_half", "resnet8_half", "resnet14_half"],
+                                         benchmark_backbone="resnet14_half"))
 
 
 def run_cli(experiment: Path, results: Path, data_root: Path, *options: str) -> SimpleNamespace:
@@ -54,11 +51,6 @@ def run_cli(experiment: Path, results: Path, data_root: Path, *options: str) -> 
         code = run_all.main(["run", str(experiment), "--results", str(results), "--data-root", str(data_root),
                              *options])
     return SimpleNamespace(code=code, out=out.getvalue(), err=err.getvalue())
-
-
-def first_task_key(run: Run) -> str:
-    # One first task per method here, so that the test grid has several keys with several runs each.
-    return f"{run.scenario}-seed{run.seed}-{run.method}"
 
 
 def _journal(path: Path, **entry) -> None:
@@ -81,8 +73,9 @@ class TrainFirstTask:
     fail_keys: tuple[str, ...] = ()
 
     def __call__(self, run: Run, results_root: Path, device: str, data_root: Path, threads: int) -> Path:
-        key = first_task_key(run)
-        path = Path(results_root) / "first_task" / f"{key}.pt"
+        from benchmark.train.runner import first_task_key, first_task_path
+
+        key, path = first_task_key(run), first_task_path(results_root, run)
         if path.exists():  # as the runner does: a model that exists is loaded, not trained again
             _journal(self.journal, job="first_task_loaded", key=key, **_environment(device, threads))
             return path
@@ -115,6 +108,8 @@ class ExecuteRun:
         if {run.method, run.run_id} & set(self.exit_for):
             os._exit(1)
         if {run.method, run.run_id} & set(self.raise_for):
+            from benchmark.train.runner import write_failed_record
+
             return write_failed_record(run, experiment_dir, "ValueError", f"{run.method} exploded", "Traceback ...")
         return _write_record(run, experiment_dir, _record(run, "complete", None, _environment(device, threads)))
 
@@ -127,36 +122,56 @@ def _record(run: Run, status: str, error: dict | None, environment: dict | None 
 
 
 def _write_record(run: Run, experiment_dir: Path, record: dict) -> dict:
-    folder = Path(experiment_dir) / "runs" / run.run_id
-    folder.mkdir(parents=True, exist_ok=True)
-    temp = folder / "record.json.tmp"
-    temp.write_text(json.dumps(record))
-    temp.replace(folder / "record.json")  # atomic, like the runner's
+    from benchmark.files import write_json_atomic  # the runner's own writer
+    from benchmark.records.store import record_path
+
+    write_json_atomic(record_path(experiment_dir, run.run_id), record)
     return record
-
-
-def write_failed_record(run: Run, experiment_dir: Path, error_type: str, message: str,
-                        traceback_text: str) -> dict:
-    error = {"type": error_type, "message": message, "traceback": traceback_text}
-    return _write_record(run, experiment_dir, _record(run, "failed", error))
-
-
-def record_status(experiment_dir: Path, run_id: str) -> str | None:
-    try:
-        return json.loads((Path(experiment_dir) / "runs" / run_id / "record.json").read_text())["status"]
-    except (OSError, ValueError, KeyError):
-        return None
 
 
 def read_record(experiment_dir: Path, run_id: str) -> dict:
     return json.loads((Path(experiment_dir) / "runs" / run_id / "record.json").read_text())
 
 
+KILLED_WHILE_WRITING = """\
+import json, os, sys
+from pathlib import Path
+
+from {module} import write_json_atomic
+
+
+def half_then_killed(payload, file, **options):  # the writer's json.dump, killed half-way (no clean-up runs)
+    text = json.dumps(payload)
+    file.write(text[: len(text) // 2])
+    file.flush()
+    os._exit(9)
+
+
+json.dump = half_then_killed
+write_json_atomic(Path(sys.argv[1]), json.loads(sys.argv[2]))
+"""
+
+
+def killed_while_writing(path: Path, payload: dict) -> list[Path]:
+    """The real record writer, killed half-way through writing `payload` to `path` in a process of its
+    own; returns the files it left in the folder (its temporary file, under the writer's own name)."""
+    from benchmark.files import write_json_atomic
+
+    code = KILLED_WHILE_WRITING.format(module=write_json_atomic.__module__)
+    done = subprocess.run([sys.executable, "-c", code, str(path), json.dumps(payload)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 9, done.stderr
+    return sorted(Path(path).parent.iterdir())
+
+
 def fake_runner(journal: Path, fail_keys: tuple[str, ...] = (), raise_for: tuple[str, ...] = (),
                 exit_for: tuple[str, ...] = (), slow_for: tuple[str, ...] = (), broken_for: tuple[str, ...] = (),
-                write_failed=write_failed_record) -> Runner:
-    return Runner(first_task_key, TrainFirstTask(journal, fail_keys),
-                  ExecuteRun(journal, raise_for, exit_for, slow_for, broken_for), write_failed, record_status)
+                write_failed=None) -> Runner:
+    """The sweep's default runner with the training faked (and, if given, the failed-record writer)."""
+    real = default_runner()
+    return replace(real, train_first_task=TrainFirstTask(journal, fail_keys),
+                   execute_run=ExecuteRun(journal, raise_for, exit_for, slow_for, broken_for),
+                   write_failed_record=write_failed or real.write_failed_record)
 
 
 def unwritable_failure(run: Run, experiment_dir: Path, error_type: str, message: str, traceback_text: str) -> dict:

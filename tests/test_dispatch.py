@@ -1,6 +1,7 @@
-"""Dispatch (benchmark.launch.executors, benchmark.launch.sweep, benchmark.launch.locks, run_all.py run) with fake
-runners (tests/dispatch_fakes.py): devices, validation, order, resume, failures, first tasks,
-locks shared between processes, and the local-process executor. No training happens here;
+"""Dispatch (benchmark.launch.executors, benchmark.launch.sweep, benchmark.launch.locks, run_all.py run) with the
+training faked (tests/dispatch_fakes.py; the first-task key, the record judge and writers are the
+real ones): devices, validation, order, resume, failures, first tasks, locks shared between
+processes, and the local-process executor. No training happens here;
 tests/test_crash_safety.py kills real runs, tests/test_ray_cluster.py and tests/test_slurm.py
 cover the Ray and SLURM executors.
 
@@ -28,8 +29,11 @@ from benchmark.config.experiment import load_experiment
 from benchmark.launch.devices import Slot, check_devices, physical_ids, ray_task_resources, worker_slots
 from benchmark.launch.executors import InlineExecutor, Job, LocalExecutor
 from benchmark.config.grid import expand
-from dispatch_fakes import (ExecuteRun, fake_runner, read_journal, read_record, run_cli, unwritable_failure,
-                            worker_facts, write_experiment)
+from benchmark.records.store import record_status
+from benchmark.train.runner import first_task_key
+from conftest import all_gone
+from dispatch_fakes import (ExecuteRun, fake_runner, killed_while_writing, read_journal, read_record, run_cli,
+                            unwritable_failure, worker_facts, write_experiment)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,15 +94,14 @@ def test_run_folders_must_stay_inside_the_experiment_folder(tmp_path):
 
 
 def test_expected_cost_puts_joint_then_growing_models_then_the_most_images_first(tmp_path):
-    runs = expand(load_experiment(write_experiment(tmp_path, methods="[finetune, replay, der, joint]")))
-    later = runs[0].training["images_per_class"] * 50 * runs[0].training["later_tasks"]["epochs"]
-    assert later == 50 * 50 * 6  # the cpu profile: 50 images per class; B0Inc50: one later task of 50 classes
-    backbone = next(run for run in runs if run.method == "finetune").cells[0].model_params  # resnet14_half
-    expected = {("joint", 5000): (1, 0, 5000 * 6 + later),  # Joint's "exemplars": all 5,000 training images
-                ("der", 1935): (0, 2 * backbone, 1935 * 6 + later),  # two backbones after two tasks
-                ("der", 1252): (0, 2 * backbone, 1252 * 6 + later),
-                ("replay", 1991): (0, 0, 1991 * 6 + later), ("replay", 1308): (0, 0, 1308 * 6 + later),
-                ("finetune", 0): (0, 0, later)}
+    runs = expand(load_experiment(write_experiment(tmp_path, methods=("finetune", "replay", "der", "joint"))))
+    # (joint first, parameters of the final model, images trained on in the later task): the cpu profile
+    # trains 50 images per class for 6 epochs, B0Inc50 has one later task of 50 classes (15,000 images)
+    # plus the exemplars, each 6 times; resnet14_half has 43,304 parameters, DER two of them.
+    expected = {("joint", 5000): (1, 0, 45_000),  # Joint's "exemplars": all 5,000 training images
+                ("der", 1935): (0, 86_608, 26_610), ("der", 1252): (0, 86_608, 22_512),
+                ("replay", 1991): (0, 0, 26_946), ("replay", 1308): (0, 0, 22_848),
+                ("finetune", 0): (0, 0, 15_000)}
     ordered = sorted(runs, key=sweep.expected_cost, reverse=True)
     assert [(run.method, run.exemplars) for run in ordered] == list(expected)
     assert [sweep.expected_cost(run) for run in ordered] == list(expected.values())
@@ -133,9 +136,9 @@ def test_a_lock_excludes_other_holders_and_dies_with_its_process(tmp_path):
 
 
 def test_a_claimed_run_is_skipped_when_held_or_run_elsewhere(tmp_path):
-    run = expand(load_experiment(write_experiment(tmp_path, methods="[finetune]")))[0]
+    run = expand(load_experiment(write_experiment(tmp_path, methods=("finetune",))))[0]
     experiment_dir, journal = tmp_path / "results" / "tiny", tmp_path / "journal.txt"
-    claim = dict(execute=ExecuteRun(journal), record_status=fake_runner(journal).record_status, run=run,
+    claim = dict(execute=ExecuteRun(journal), record_status=record_status, run=run,
                  experiment_dir=experiment_dir, results_root=tmp_path, data_root=tmp_path, device="cpu", threads=1)
     done = tmp_path / "done"
     holder = hold_lock(locks.run_lock_path(experiment_dir, run.run_id), done)
@@ -156,7 +159,7 @@ def test_a_claimed_run_is_skipped_when_held_or_run_elsewhere(tmp_path):
 # -- validation: every problem at once, nothing run ---------------------------------------------
 def test_one_error_lists_a_bad_gpu_missing_data_and_a_bad_budget(tmp_path, monkeypatch):
     monkeypatch.setattr(devices, "visible_gpu_count", lambda: 1)
-    experiment = write_experiment(tmp_path, budgets="[0.01]")
+    experiment = write_experiment(tmp_path, budgets=(0.01,))
     journal = tmp_path / "journal.txt"
     result = fake_cli(fake_runner(journal), experiment, tmp_path / "results", tmp_path / "no-data",
                      "--gpus", "0,3", patch=monkeypatch)
@@ -196,63 +199,69 @@ def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, cifar_root, monkeypa
                      patch=monkeypatch)
     assert result.code == 0
     assert "5 runs: 0 complete (skipped), 0 failed (skipped), 5 to run" in result.out
-    assert ("would train 3 first-task model(s), then 5 run(s), longest first, on 2 worker process(es) on the CPU"
-            in result.out)
+    assert ("would train 1 first-task model(s), then 5 run(s), longest first, on 2 worker process(es) on the CPU"
+            in result.out)  # one seed, one backbone: every run starts from the same first-task model
     assert not journal.exists() and not (tmp_path / "results").exists()
 
 
 # -- resume and failures, in-process ----------------------------------------------------------
 def test_resume_after_a_kill_runs_only_the_missing_runs(tmp_path, cifar_root, monkeypatch):
-    experiment = write_experiment(tmp_path)
+    experiment = write_experiment(tmp_path, seeds=(1, 2))
     runs = expand(load_experiment(experiment))
+    seed_1, seed_2 = [run for run in runs if run.seed == 1], [run for run in runs if run.seed == 2]
     experiment_dir = tmp_path / "results" / "tiny"
-    for run in runs[:2]:  # finished before the kill
+    for run in [*seed_1, seed_2[0]]:  # finished before the kill
         ExecuteRun(tmp_path / "before.txt")(run, experiment_dir, tmp_path / "results", "cpu", cifar_root, 1)
-    killed = experiment_dir / "runs" / runs[2].run_id  # killed while writing its record
-    killed.mkdir(parents=True)
-    (killed / "record.json.tmp").write_text('{"run_id": "' + runs[2].run_id)
+    killed = seed_2[1]  # killed while the real writer wrote its record: its temporary file stays
+    left = killed_while_writing(experiment_dir / "runs" / killed.run_id / "record.json",
+                                {"run_id": killed.run_id, "status": "complete"})
+    assert len(left) == 1 and left[0].name != "record.json" and left[0].read_text().startswith('{"run_id": ')
     journal = tmp_path / "journal.txt"
     first = fake_cli(fake_runner(journal), experiment, tmp_path / "results", cifar_root,
                     "--gpus", "cpu", "--backend", "inline", "--keep-checkpoints", patch=monkeypatch)
     assert first.code == 0, first.err
-    assert "5 runs: 2 complete (skipped), 0 failed (skipped), 3 to run" in first.out
-    assert sorted(executed(journal)) == sorted(run.run_id for run in runs[2:])
+    assert "10 runs: 6 complete (skipped), 0 failed (skipped), 4 to run" in first.out
+    assert sorted(executed(journal)) == sorted(run.run_id for run in seed_2[1:])
+    assert read_record(experiment_dir, killed.run_id)["status"] == "complete"
     assert {entry["keep_checkpoints"] for entry in read_journal(journal) if entry["job"] == "run"} == {True}
     grid = json.loads((experiment_dir / "grid.json").read_text())  # what the report builds its tables from
-    assert grid["experiment"] == "tiny" and len(grid["cells"]) == 6  # finetune's run serves both budgets
+    assert grid["experiment"] == "tiny" and len(grid["cells"]) == 12  # finetune's run serves both budgets
     assert {cell["run_id"] for cell in grid["cells"]} == {run.run_id for run in runs}
     assert (experiment_dir / "runs.csv").exists() and "runs.csv" in first.out  # the report follows the run
     second = fake_cli(fake_runner(journal), experiment, tmp_path / "results", cifar_root,
                      "--gpus", "cpu", "--backend", "inline", patch=monkeypatch)
     assert second.code == 0
-    assert "5 runs: 5 complete (skipped), 0 failed (skipped), 0 to run" in second.out
-    # Only the first tasks the missing runs needed, and nothing again the second time.
-    assert sorted(executed(journal, "first_task")) == ["B0Inc50-seed1-der", "B0Inc50-seed1-replay"]
-    assert len(executed(journal)) == 3
+    assert "10 runs: 10 complete (skipped), 0 failed (skipped), 0 to run" in second.out
+    # Only the first task the missing runs needed (seed 2's), and nothing again the second time.
+    assert first_task_key(seed_1[0]) != first_task_key(seed_2[0])
+    assert executed(journal, "first_task") == [first_task_key(seed_2[0])]
+    assert len(executed(journal)) == 4
 
 
 def test_a_failed_first_task_fails_its_runs_and_the_others_go_on(tmp_path, cifar_root, monkeypatch):
-    experiment = write_experiment(tmp_path)
+    experiment = write_experiment(tmp_path, seeds=(1, 2))
     runs = expand(load_experiment(experiment))
+    failing = first_task_key(next(run for run in runs if run.seed == 2))
     journal = tmp_path / "journal.txt"
-    result = fake_cli(fake_runner(journal, fail_keys=("B0Inc50-seed1-der",)), experiment, tmp_path / "results",
+    result = fake_cli(fake_runner(journal, fail_keys=(failing,)), experiment, tmp_path / "results",
                      cifar_root, "--gpus", "cpu", "--backend", "inline", patch=monkeypatch)
     assert result.code == 1
     experiment_dir = tmp_path / "results" / "tiny"
     for run in runs:
         record = read_record(experiment_dir, run.run_id)
-        if run.method == "der":
+        if run.seed == 2:
             assert record["status"] == "failed" and record["error"]["type"] == "FirstTaskError"
-            assert "B0Inc50-seed1-der" in record["error"]["message"] and "diverged" in record["error"]["message"]
+            assert failing in record["error"]["message"] and "diverged" in record["error"]["message"]
             assert run.run_id in result.err
         else:
             assert record["status"] == "complete"
-    assert "der" not in {read_record(experiment_dir, rid)["cell"]["method"] for rid in executed(journal)}
+    assert {read_record(experiment_dir, rid)["cell"]["seed"] for rid in executed(journal)} == {1}
+    assert len(executed(journal)) == 5
 
 
 def test_experiments_write_only_into_their_own_folder(tmp_path, cifar_root, monkeypatch):
     results = tmp_path / "results"
-    for name, methods in (("one", "[finetune]"), ("two", "[replay]")):
+    for name, methods in (("one", ("finetune",)), ("two", ("replay",))):
         experiment = write_experiment(tmp_path, name=name, methods=methods)
         result = fake_cli(fake_runner(tmp_path / f"{name}.txt"), experiment, results, cifar_root,
                          "--gpus", "cpu", "--backend", "inline", patch=monkeypatch)
@@ -263,44 +272,47 @@ def test_experiments_write_only_into_their_own_folder(tmp_path, cifar_root, monk
 
 
 def test_runs_go_longest_first_after_their_first_task(tmp_path, cifar_root, monkeypatch):
-    experiment = write_experiment(tmp_path, methods="[finetune, replay, der, joint]")
-    runs = expand(load_experiment(experiment))
+    experiment = write_experiment(tmp_path, methods=("finetune", "replay", "der", "joint"), seeds=(1, 2))
+    runs = {run.run_id: run for run in expand(load_experiment(experiment))}
     journal = tmp_path / "journal.txt"
     result = fake_cli(fake_runner(journal), experiment, tmp_path / "results", cifar_root,
                      "--gpus", "cpu", "--backend", "inline", patch=monkeypatch)
     assert result.code == 0, result.err
     kinds = [entry["job"] for entry in read_journal(journal)]
-    assert kinds == ["first_task"] * 4 + ["run"] * 6  # one executor slot: every first task, then the runs
-    longest_first = [run.run_id for run in sorted(runs, key=sweep.expected_cost, reverse=True)]
-    assert executed(journal) == longest_first and read_record(tmp_path / "results" / "tiny",
-                                                              longest_first[0])["cell"]["method"] == "joint"
+    assert kinds == ["first_task"] * 2 + ["run"] * 12  # one executor slot: every first task, then the runs
+    # each seed's runs by method and exemplars, longest first (the costs are
+    # test_expected_cost_puts_joint_then_growing_models_then_the_most_images_first's)
+    order = [(runs[run_id].method, runs[run_id].exemplars) for run_id in executed(journal)]
+    assert order[::2] == order[1::2] == [("joint", 5000), ("der", 1935), ("der", 1252), ("replay", 1991),
+                                         ("replay", 1308), ("finetune", 0)]
 
 
 def test_a_failure_that_cannot_be_recorded_is_reported_and_the_sweep_goes_on(tmp_path, cifar_root, monkeypatch):
-    experiment = write_experiment(tmp_path)
+    experiment = write_experiment(tmp_path, seeds=(1, 2))
+    runs = expand(load_experiment(experiment))
     journal = tmp_path / "journal.txt"
-    runner = fake_runner(journal, fail_keys=("B0Inc50-seed1-der",), write_failed=unwritable_failure)
+    failing = first_task_key(next(run for run in runs if run.seed == 2))
+    runner = fake_runner(journal, fail_keys=(failing,), write_failed=unwritable_failure)
     result = fake_cli(runner, experiment, tmp_path / "results", cifar_root, "--gpus", "cpu", "--backend", "inline",
                      patch=monkeypatch)
     assert result.code == 1
-    ders = [run.run_id for run in expand(load_experiment(experiment)) if run.method == "der"]
-    for run_id in ders:  # reported, listed, left without a record (so they run again next time)
+    for run_id in [run.run_id for run in runs if run.seed == 2]:  # reported, listed, left without a record
         assert f"warning: the failure of run {run_id} (FirstTaskError) could not be recorded: ValueError" in result.err
         assert not (tmp_path / "results" / "tiny" / "runs" / run_id / "record.json").exists()
-    assert "2 of 5 runs failed" in result.err and len(executed(journal)) == 3  # the others ran
+    assert "5 of 10 runs failed" in result.err and len(executed(journal)) == 5  # the others ran
 
 
 def test_runs_and_first_tasks_held_by_another_process_are_waited_for_not_redone(tmp_path, cifar_root,
                                                                                  monkeypatch):
-    """Another `run` of the same experiment holds the replay first task and one replay run; it
-    finishes both a moment later. This one trains the rest meanwhile, then loads that model and
-    skips that run."""
-    experiment = write_experiment(tmp_path, methods="[finetune, replay]", budgets="[4]")
-    runs = {run.method: run for run in expand(load_experiment(experiment))}
-    results, key = tmp_path / "results", "B0Inc50-seed1-replay"
+    """Another `run` of the same experiment holds seed 2's first task and its run; it finishes both a
+    moment later. This one trains seed 1's meanwhile, then loads that model and skips that run."""
+    experiment = write_experiment(tmp_path, methods=("replay",), budgets=(4,), seeds=(1, 2))
+    runs = {run.seed: run for run in expand(load_experiment(experiment))}
+    results, key = tmp_path / "results", first_task_key(runs[2])
+    assert first_task_key(runs[1]) != key
     done = tmp_path / "done"
     holders = [hold_lock(locks.first_task_lock_path(results, key), done),
-               hold_lock(locks.run_lock_path(results / "tiny", runs["replay"].run_id), done)]
+               hold_lock(locks.run_lock_path(results / "tiny", runs[2].run_id), done)]
     other, journal = ExecuteRun(tmp_path / "other.txt"), tmp_path / "journal.txt"
 
     def finish_elsewhere():  # the other process's work, once this sweep has begun; then its locks go
@@ -310,7 +322,7 @@ def test_runs_and_first_tasks_held_by_another_process_are_waited_for_not_redone(
         time.sleep(0.5)
         (results / "first_task").mkdir(parents=True, exist_ok=True)
         (results / "first_task" / f"{key}.pt").write_text("model")
-        other(runs["replay"], results / "tiny", results, "cpu", cifar_root, 1)
+        other(runs[2], results / "tiny", results, "cpu", cifar_root, 1)
         done.touch()
 
     monkeypatch.setattr(sweep, "RETRY_SECONDS", 0.2)
@@ -322,15 +334,15 @@ def test_runs_and_first_tasks_held_by_another_process_are_waited_for_not_redone(
     for holder in holders:
         holder.wait(timeout=10)
     assert result.code == 0, result.err
-    assert executed(journal) == [runs["finetune"].run_id]  # the replay run was not run again here
-    assert executed(journal, "first_task") == ["B0Inc50-seed1-finetune"]
+    assert executed(journal) == [runs[1].run_id]  # seed 2's run was not run again here
+    assert executed(journal, "first_task") == [first_task_key(runs[1])]
     assert [e["key"] for e in read_journal(journal) if e["job"] == "first_task_loaded"] == [key]
     assert "1 run(s) were run meanwhile by another process" in result.out
-    assert read_record(results / "tiny", runs["replay"].run_id)["status"] == "complete"
+    assert read_record(results / "tiny", runs[2].run_id)["status"] == "complete"
 
 
 def test_a_job_the_executor_cannot_start_fails_alone(tmp_path, cifar_root):
-    runs = expand(load_experiment(write_experiment(tmp_path, methods="[finetune, replay]", budgets="[4]")))
+    runs = expand(load_experiment(write_experiment(tmp_path, methods=("finetune", "replay"), budgets=(4,))))
     victim = runs[0].run_id
 
     class Refusing(InlineExecutor):  # e.g. no process could be started for this one job
@@ -380,29 +392,16 @@ def test_closing_an_interrupted_executor_kills_its_jobs_at_once(tmp_path):
     started = time.monotonic()
     executor.close(cancel=True)
     assert time.monotonic() - started < 5
-    assert not process_alive(pid, within=5)
-
-
-def process_alive(pid: int, within: float) -> bool:
-    """Whether process `pid` still runs after `within` seconds (a zombie counts as ended)."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            return False
-        if state in ("Z", "X"):
-            return False
-        time.sleep(0.1)
-    return True
+    assert all_gone([pid], within=5)
 
 
 @pytest.fixture(scope="module")
 def local_grid(tmp_path_factory, cifar_root):
-    """5 runs on 2 fake GPUs, one worker process each: replay raises, the first der run kills its
-    worker (the other der run is slow, so the killed slot's next job needs a new process)."""
+    """6 runs of two seeds (two first-task models) on 2 fake GPUs of a machine of 8 cores, one worker
+    process each: replay raises, the first der run kills its worker (the other der run is slow, so
+    the killed slot's next job needs a new process)."""
     tmp = tmp_path_factory.mktemp("local")
-    experiment = write_experiment(tmp, methods="[der, replay, finetune]")
+    experiment = write_experiment(tmp, methods=("der", "replay", "finetune"), budgets=(4,), seeds=(1, 2))
     runs = expand(load_experiment(experiment), device_type="cuda")  # GPUs: the ids of CUDA runs
     der = [run.run_id for run in runs if run.method == "der"]
     journal = tmp / "journal.txt"
@@ -410,6 +409,7 @@ def local_grid(tmp_path_factory, cifar_root):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(devices, "visible_gpu_count", lambda: 2)
         patch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        patch.setattr(os, "cpu_count", lambda: 8)
         result = fake_cli(runner, experiment, tmp / "results", cifar_root, "--gpus", "0,1", patch=patch)
     return SimpleNamespace(result=result, runs=runs, killed=der[0], journal=read_journal(journal),
                            experiment=experiment, results=tmp / "results", experiment_dir=tmp / "results" / "tiny")
@@ -418,26 +418,26 @@ def local_grid(tmp_path_factory, cifar_root):
 def test_each_worker_process_sees_only_its_gpu(local_grid):
     seen = [entry["cuda_visible_devices"] for entry in local_grid.journal]
     assert set(seen) == {"0", "1"}
-    threads = max(1, (os.cpu_count() or 1) // 2)
-    for entry in local_grid.journal:
-        assert entry["device"] == "cuda:0" and entry["threads"] == threads and entry["omp"] == str(threads)
+    for entry in local_grid.journal:  # 8 cores, 2 GPUs, one run per GPU: 4 threads each
+        assert entry["device"] == "cuda:0" and entry["threads"] == 4 and entry["omp"] == "4"
 
 
 def test_first_task_models_are_trained_once_each_before_their_runs(local_grid):
     keys = [e["key"] for e in local_grid.journal if e["job"] == "first_task"]
-    assert Counter(keys) == Counter({"B0Inc50-seed1-der": 1, "B0Inc50-seed1-replay": 1, "B0Inc50-seed1-finetune": 1})
+    runs = {run.run_id: run for run in local_grid.runs}
+    by_seed = {run.seed: first_task_key(run) for run in local_grid.runs}
+    assert len(set(by_seed.values())) == 2 and Counter(keys) == Counter({by_seed[1]: 1, by_seed[2]: 1})
     # Each run starts once its own first-task model exists (not after all of them).
     started = {e["key"]: i for i, e in enumerate(local_grid.journal) if e["job"] == "first_task"}
-    runs = {run.run_id: run for run in local_grid.runs}
     for i, entry in enumerate(local_grid.journal):
         if entry["job"] == "run":
-            assert started[f"B0Inc50-seed1-{runs[entry['run_id']].method}"] < i
+            assert started[by_seed[runs[entry["run_id"]].seed]] < i
 
 
 def test_failed_and_killed_runs_are_recorded_and_the_others_complete(local_grid):
     grid = local_grid
     assert grid.result.code == 1
-    assert "3 of 5 runs failed" in grid.result.err
+    assert "3 of 6 runs failed" in grid.result.err
     for run in grid.runs:
         record = read_record(grid.experiment_dir, run.run_id)
         if run.run_id == grid.killed:
@@ -466,12 +466,12 @@ def test_failed_runs_are_skipped_until_retried(local_grid, tmp_path, cifar_root,
     skipped = fake_cli(fake_runner(journal), local_grid.experiment, results, cifar_root,
                       "--gpus", "0", "--backend", "inline", patch=monkeypatch)
     assert skipped.code == 1 and not journal.exists()
-    assert "5 runs: 2 complete (skipped), 3 failed (skipped), 0 to run" in skipped.out
+    assert "6 runs: 3 complete (skipped), 3 failed (skipped), 0 to run" in skipped.out
     assert local_grid.killed in skipped.err and "--retry-failed" in skipped.err
     retried = fake_cli(fake_runner(journal), local_grid.experiment, results, cifar_root,
                       "--gpus", "0", "--backend", "inline", "--retry-failed", patch=monkeypatch)
     assert retried.code == 0, retried.err
-    assert "5 runs: 2 complete (skipped), 3 failed (retrying), 3 to run" in retried.out
+    assert "6 runs: 3 complete (skipped), 3 failed (retrying), 3 to run" in retried.out
     failed_before = {run.run_id for run in local_grid.runs if run.method == "replay"} | {local_grid.killed}
     assert set(executed(journal)) == failed_before and len(executed(journal)) == 3
 
