@@ -393,3 +393,47 @@ def test_an_error_after_a_task_keeps_the_finished_tasks(planned, cifar_root, tmp
     assert "boom in after_task" in record["error"]["traceback"]
     assert [t["task"] for t in record["tasks"]] == [0]
     assert record_status(tmp_path / "exp", run.run_id) == "failed"
+
+
+# -- random streams ---------------------------------------------------------------------------------
+def test_a_class_stream_is_not_the_task_stream_of_its_number():
+    from benchmark.train.engine import Engine, EngineSettings, stream_seed
+    from benchmark.tools.timing import synthetic_data
+    from methods.exemplars import random_order
+
+    assert [stream_seed("task", 1, k) for k in (0, 3)] == [1000, 1003]  # what every recorded run trained with
+    assert stream_seed("class", 1, 3) == 2_147_484_651                   # 2^31 + 1003
+    data = synthetic_data(torch.device("cpu"), per_class=40)
+    settings = EngineSettings(schedules=[], exemplars=200, selection="random", network_seed=1)
+    engine = Engine(METHODS.get("replay")("conv2_half", None), data, settings, log=lambda line: None)
+    picked = engine.selection_order(data.train, data.rows(data.train, 3, 4), 20, label=3)
+    as_task_stream = random_order(20, 40, torch.Generator().manual_seed(1003))
+    as_class_stream = random_order(20, 40, torch.Generator().manual_seed(2_147_484_651))
+    assert torch.equal(picked, as_class_stream) and not torch.equal(picked, as_task_stream)
+
+
+STREAMS = {"name": "streams", "dataset": "cifar100", "scenario": "B0Inc25", "seeds": [1993], "profile": "cpu",
+           "methods": ["finetune", "replay", "icarl", "der", "memo", "wa"], "budgets": [0.75],
+           "family": ["conv2_half", "resnet8_half"], "benchmark_backbone": "conv2_half", "anchor_exemplars": 200,
+           "training": {"images_per_class": 5, "test_images_per_class": 2, "augment": True,
+                        "first_task": {"epochs": 1, "batch_size": 32, **SGD, "milestones": [], "weight_decay": 5e-4},
+                        "later_tasks": {"all": {"epochs": 1, "batch_size": 32, **SGD, "milestones": [],
+                                                "weight_decay": 2e-4}}}}
+
+
+def test_random_selection_runs_got_new_ids_herding_runs_kept_theirs():
+    """Class streams left the task streams' seeds: the records of random-selection runs made before
+    are not reused (their ids changed), herding runs' and first-task models' are (ids and keys kept).
+    Ids before the change: random replay 150145c45aae, icarl 430f78419299, der c8975f9e8c12,
+    memo 6318c6670eeb, wa 92397e30988b; Finetune draws no class stream, so its id stands."""
+    from benchmark.train.runner import first_task_key
+
+    def ids(selection: str) -> dict[str, str]:
+        return {run.method: run.run_id for run in expand(parse_experiment({**STREAMS, "exemplar_selection": selection}))}
+
+    assert ids("herding") == {"finetune": "fd91e7d82dfd", "replay": "a617d9daf0dd", "icarl": "da341c54a3ab",
+                              "der": "ab29b6d0a900", "memo": "43779a309f59", "wa": "d145f1e00227"}
+    assert ids("random") == {"finetune": "3f79e08b5c5f", "replay": "30099accada1", "icarl": "be57472b3fe8",
+                             "der": "609fea56d178", "memo": "eeed56adf84c", "wa": "3c60b434e07c"}
+    runs = expand(parse_experiment({**STREAMS, "exemplar_selection": "random"}))
+    assert {first_task_key(run) for run in runs} == {"1a13ca8c3537"}  # the herding runs' first-task model

@@ -69,6 +69,10 @@ def plan_context(experiment: Experiment, scenario: str) -> PlanContext:
 # it is part of every run id and first-task key, so records and first-task models made by older
 # code are never taken for the new code's. 2: the reference initialization (docs/fidelity.md).
 TRAINING_REVISION = 2
+# Raised whenever the seeds of random exemplar selection change. It is part of the id of runs that
+# select exemplars at random only (herding runs and methods without exemplars draw no class stream,
+# so their records stand). 2: class streams apart from task streams (train/engine.py stream_seed).
+RANDOM_SELECTION_REVISION = 2
 
 
 def training_settings(experiment: Experiment, method: str, scenario: str) -> dict[str, Any]:
@@ -84,6 +88,8 @@ def training_settings(experiment: Experiment, method: str, scenario: str) -> dic
         "eval_batch_size": profile.eval_batch_size,
         "herding_batch_size": profile.herding_batch_size,
         "exemplar_selection": experiment.exemplar_selection,
+        **({"random_selection_revision": RANDOM_SELECTION_REVISION}
+           if experiment.exemplar_selection == "random" and METHODS.get(method).uses_exemplars else {}),
         "method_options": METHODS.get(method).resolve_options(experiment.method_options.get(method, {}),
                                                               Scenario.parse(scenario).base),
     }
