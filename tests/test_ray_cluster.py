@@ -1,5 +1,5 @@
-"""Ray (benchmark.launch.ray_executor) through `run_all.py run --backend ray` with the fake runners of
-tests/dispatch_fakes.py: a local instance, an address nobody answers at, the node check, and a
+"""Ray (benchmark.launch.ray_executor) through `run_all.py run --backend ray` with the training faked
+(tests/dispatch_fakes.py; the first-task key, the record judge and writers are the real ones): a local instance, an address nobody answers at, the node check, and a
 local two-node cluster (ray.cluster_utils, 1 CPU per node) whose nodes have no disk in common
 with the driver: each node keeps its results under its own $CIL_NODE_RESULTS, which the driver
 never reads, so the records the report finds came back through the driver.
@@ -21,8 +21,9 @@ from benchmark.config.experiment import load_experiment
 from benchmark.config.grid import expand
 from benchmark.launch.locks import claim_run
 from benchmark.launch.ray_executor import NODE_RESULTS, NodeCheck, NodeFile, check_node, run_on_node, source_version
-from dispatch_fakes import (ExecuteRun, fake_runner, read_journal, read_record, record_status, run_cli,
-                            write_experiment)
+from benchmark.records.store import record_status
+from benchmark.train.runner import first_task_key
+from dispatch_fakes import ExecuteRun, fake_runner, read_journal, read_record, run_cli, write_experiment
 
 ray = pytest.importorskip("ray")
 
@@ -36,9 +37,10 @@ def ray_cli(runner: sweep.Runner, experiment: Path, results: Path, data_root: Pa
 
 # -- a local instance --------------------------------------------------------------------------------
 def test_ray_backend_runs_a_grid_on_a_local_instance(tmp_path, cifar_root, monkeypatch):
-    experiment = write_experiment(tmp_path, methods="[finetune, replay]", budgets="[4]")
+    experiment = write_experiment(tmp_path, methods=("finetune", "replay"), budgets=(4,))
     runs = {run.method: run for run in expand(load_experiment(experiment))}
     journal = tmp_path / "journal.txt"
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)  # the local instance gets 16 CPUs
     result = ray_cli(fake_runner(journal, exit_for=("replay",)), experiment, tmp_path / "results", cifar_root,
                      "--gpus", "cpu", patch=monkeypatch)
     assert result.code == 1, result.err
@@ -47,11 +49,11 @@ def test_ray_backend_runs_a_grid_on_a_local_instance(tmp_path, cifar_root, monke
     assert read_record(experiment_dir, runs["finetune"].run_id)["status"] == "complete"
     crashed = read_record(experiment_dir, runs["replay"].run_id)  # the task's worker died: the driver wrote this
     assert crashed["status"] == "failed" and crashed["error"]["type"] == "WorkerCrashedError"
-    assert sorted(entry["key"] for entry in read_journal(journal) if entry["job"] == "first_task") == [
-        "B0Inc50-seed1-finetune", "B0Inc50-seed1-replay"]
-    # the default CPU placement: one run per core, each with its share of the threads
-    expected_threads = max(1, os.cpu_count() // devices.default_cpu_workers())
-    assert {entry["threads"] for entry in read_journal(journal)} == {expected_threads}
+    # one first-task model for both runs (one seed, one backbone), trained on Ray
+    assert [entry["key"] for entry in read_journal(journal) if entry["job"] == "first_task"] == [
+        first_task_key(runs["finetune"])] == [first_task_key(runs["replay"])]
+    # the default CPU placement: one run per core, at most 8 runs, so 2 threads each of 16 cores
+    assert {entry["threads"] for entry in read_journal(journal)} == {2}
 
 
 def test_a_ray_address_where_nothing_listens_fails_in_seconds(tmp_path, cifar_root, monkeypatch):
@@ -59,7 +61,7 @@ def test_a_ray_address_where_nothing_listens_fails_in_seconds(tmp_path, cifar_ro
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     started = time.monotonic()
-    result = ray_cli(fake_runner(tmp_path / "journal.txt"), write_experiment(tmp_path, methods="[finetune]", budgets="[4]"),
+    result = ray_cli(fake_runner(tmp_path / "journal.txt"), write_experiment(tmp_path, methods=("finetune",), budgets=(4,)),
                      tmp_path / "results", cifar_root, "--address", f"127.0.0.1:{port}", patch=monkeypatch)
     assert result.code == 2 and time.monotonic() - started < 10
     assert f"--address 127.0.0.1:{port}: nothing answers there" in result.err
@@ -90,7 +92,7 @@ def test_the_node_check_names_missing_data_other_code_and_an_unwritable_results_
 
 
 def test_a_run_on_a_node_writes_its_model_there_and_sends_back_a_record_it_has(tmp_path, monkeypatch):
-    run = expand(load_experiment(write_experiment(tmp_path, methods="[finetune]", budgets="[4]")))[0]
+    run = expand(load_experiment(write_experiment(tmp_path, methods=("finetune",), budgets=(4,))))[0]
     driver, node, journal = tmp_path / "driver", tmp_path / "node", tmp_path / "journal.txt"
     monkeypatch.setenv(NODE_RESULTS, str(node))
     arguments = dict(claim=claim_run, model=NodeFile("first_task/key.pt", b"weights"), results_root=driver,
@@ -130,7 +132,7 @@ def test_without_a_shared_disk_models_and_records_travel_through_the_driver(clus
                                                                             monkeypatch):
     """One first-task model, two slow runs of it at once: with 1 CPU per node they run on both
     nodes, so one of them needs the model trained on the other node."""
-    experiment = write_experiment(tmp_path, methods="[replay]", budgets="[4, 6]")
+    experiment = write_experiment(tmp_path, methods=("replay",), budgets=(4, 6))
     runs = expand(load_experiment(experiment))
     journal, results = tmp_path / "journal.txt", tmp_path / "driver-results"
     result = ray_cli(fake_runner(journal, slow_for=("replay",)), experiment, results, cifar_root,
@@ -138,7 +140,7 @@ def test_without_a_shared_disk_models_and_records_travel_through_the_driver(clus
     assert result.code == 0, result.err
     assert [entry["job"] for entry in read_journal(journal)].count("first_task") == 1  # trained once, on one node
     for root in cluster.roots:  # the model reached both nodes; each ran one run and kept its record
-        assert (root / "first_task" / "B0Inc50-seed1-replay.pt").read_text() == "model"
+        assert (root / "first_task" / f"{first_task_key(runs[0])}.pt").read_text() == "model"
         assert len(list((root / "tiny" / "runs").glob("*/record.json"))) == 1
     for run in runs:  # the driver wrote what came back; nothing else of the runs is on its disk
         node_copies = [read_record(root / "tiny", run.run_id) for root in cluster.roots
@@ -153,7 +155,7 @@ def test_without_a_shared_disk_models_and_records_travel_through_the_driver(clus
 
 def test_a_cluster_that_does_not_share_the_disk_refuses_ray_shared_fs(cluster, tmp_path, cifar_root, monkeypatch):
     journal = tmp_path / "journal.txt"
-    result = ray_cli(fake_runner(journal), write_experiment(tmp_path, methods="[finetune]", budgets="[4]"), tmp_path / "results",
+    result = ray_cli(fake_runner(journal), write_experiment(tmp_path, methods=("finetune",), budgets=(4,)), tmp_path / "results",
                      cifar_root, "--address", cluster.address, "--ray-shared-fs", patch=monkeypatch)
     assert result.code == 2 and not journal.exists()
     assert "error: the node check failed on 2 of 2 Ray node(s); nothing was run:" in result.err
