@@ -122,10 +122,6 @@ def method_model(method: str, backbone: str, ctx: PlanContext) -> tuple[int, int
     return final_model(traits.growth, backbone, ctx.task_sizes, ctx.policy, traits.keeps_teacher)
 
 
-def _is_growing(method: str) -> bool:
-    return METHODS.get(method).growth != "single"
-
-
 # -- budget points ---------------------------------------------------------------------------
 def _anchor_bytes(ctx: PlanContext) -> int:
     return exemplar_bytes(ctx.anchor_exemplars, ctx.image_shape)
@@ -155,7 +151,7 @@ def megabyte_points(budgets_mb: Sequence[float]) -> list[BudgetPoint]:
 # -- one cell --------------------------------------------------------------------------------
 def choose_backbone(method: str, point: BudgetPoint, ctx: PlanContext) -> str:
     """Which backbone a method keeps at a budget point (the documented rule of the module docstring)."""
-    if not _is_growing(method):
+    if not METHODS.get(method).grows():
         return ctx.benchmark
     if point.curve_backbone is not None:
         return point.curve_backbone
@@ -185,13 +181,13 @@ def plan_joint(ctx: PlanContext) -> CellPlan:
 
 
 def _num_blocks(method: str, ctx: PlanContext) -> int:
-    return ctx.num_tasks if _is_growing(method) else 1
+    return ctx.num_tasks if METHODS.get(method).grows() else 1
 
 
 def _too_small(method: str, backbone: str, model: int, point: BudgetPoint, ctx: PlanContext) -> str:
     needs_exemplars = METHODS.get(method).uses_exemplars
     minimum = model + (exemplar_bytes(ctx.minimum_exemplars, ctx.image_shape) if needs_exemplars else 0)
-    kept = f"{ctx.num_tasks} x {backbone}" if _is_growing(method) else backbone
+    kept = f"{ctx.num_tasks} x {backbone}" if METHODS.get(method).grows() else backbone
     floor = f" plus the minimum of {ctx.minimum_exemplars} exemplars" if needs_exemplars else ""
     return (f"budget {point.budget_mb:.2f} MB ({point.label}) cannot hold method {method!r}: its smallest model "
             f"({kept}, {model / MB:.2f} MB under policy {ctx.policy!r}){floor} needs {minimum / MB:.2f} MB "

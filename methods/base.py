@@ -39,6 +39,11 @@ class Method:
     trains_on_all_data: ClassVar[bool] = False  # joint: sees every image of every seen class
     default_options: ClassVar[dict[str, Any]] = {}
 
+    @classmethod
+    def grows(cls) -> bool:
+        """Whether the network adds a block per task (DER, MEMO): its size and step cost rise with the task."""
+        return cls.growth != "single"
+
     def __init__(self, backbone: str, options: dict[str, Any] | None = None) -> None:
         unknown = set(options or {}) - set(self.default_options)
         if unknown:

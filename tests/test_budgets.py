@@ -6,6 +6,7 @@ import torch
 
 from budgets.accounting import MB, count_memory, exemplar_bytes, model_bytes
 from budgets.planner import BudgetError, PlanContext, fair_point, plan
+from methods import METHODS
 from methods.networks import build_network
 
 CIFAR_FAMILY = ("conv2", "resnet14", "resnet20", "resnet26", "resnet32")
@@ -149,3 +150,11 @@ def test_default_bench_puts_model_memory_against_exemplars():
     for method in ("der", "memo"):
         assert last[method].model_bytes / budgets[-1] >= 0.5, method
         assert last[method].total_bytes <= budgets[-1]
+
+
+def test_which_methods_grow_is_read_from_the_registry():
+    """Method.grows() is the one statement of it that the planner, the sweep's order and the speed
+    projection read: DER and MEMO, each with one backbone (block) per task in its plan."""
+    assert sorted(name for name in METHODS.names() if METHODS.get(name).grows()) == ["der", "memo"]
+    cells = plan(["der", "memo", "icarl"], "fair", B0INC10)
+    assert {cell.method: cell.num_backbones for cell in cells} == {"der": 10, "memo": 10, "icarl": 1}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import torchvision.datasets
 from PIL import Image
 
 from benchmark.data import (
+    DATASETS,
     ArrayImageSet,
     DataError,
     FolderImageSet,
@@ -31,8 +33,18 @@ def test_specs_sizes():
     assert dataset_spec("cifar100").image_bytes == 32 * 32 * 3
     assert dataset_spec("imagenet100").image_bytes == 224 * 224 * 3
     assert dataset_spec("CIFAR10").num_classes == 10
-    for name, per_class in cifar.PER_CLASS.items():
-        assert per_class["train"] == dataset_spec(name).train_per_class
+    facts = {name: (spec.title, spec.per_class("train"), spec.per_class("test")) for name, spec in DATASETS.items()}
+    assert facts == {"cifar100": ("CIFAR-100", 500, 100), "cifar10": ("CIFAR-10", 5000, 1000),
+                     "imagenet100": ("ImageNet-100", 1300, 50)}
+    assert dataset_spec("cifar100").per_class("test", limit=20) == 20  # a profile's reduced count wins
+    assert dataset_spec("cifar10").label == "CIFAR-10 ('cifar10')"
+
+
+def test_a_spec_without_a_test_count_says_where_to_set_it():
+    spec = replace(DATASETS["imagenet100"], name="flowers4", title="", test_per_class=None)
+    assert spec.label == "data set 'flowers4'" and spec.per_class("train") == 1300
+    with pytest.raises(ValueError, match="data set 'flowers4': .* test images .* set test_per_class"):
+        spec.per_class("test")
 
 
 def test_unknown_spec_lists_names():
@@ -215,7 +227,7 @@ def refuse(*args, **kwargs):
 
 @pytest.mark.filterwarnings("error")  # a cache that silently fails to be written is a failure here
 def test_torchvision_conversion_and_cache(tmp_path, monkeypatch):
-    monkeypatch.setattr(cifar, "PER_CLASS", {**cifar.PER_CLASS, "cifar10": {"train": 3, "test": 2}})
+    monkeypatch.setitem(DATASETS, "cifar10", replace(DATASETS["cifar10"], train_per_class=3, test_per_class=2))
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
     FakeCIFAR10.calls.clear()
     first = load_dataset("cifar10", tmp_path)
@@ -237,7 +249,7 @@ def test_torchvision_conversion_and_cache(tmp_path, monkeypatch):
 
 
 def test_damaged_cache(tmp_path, monkeypatch):
-    monkeypatch.setattr(cifar, "PER_CLASS", {**cifar.PER_CLASS, "cifar10": {"train": 3, "test": 2}})
+    monkeypatch.setitem(DATASETS, "cifar10", replace(DATASETS["cifar10"], train_per_class=3, test_per_class=2))
     x = np.zeros((30, 32, 32, 3), np.uint8)
     y = np.array(list(range(10)) * 3)
     y[0] = 42

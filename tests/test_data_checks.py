@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -15,8 +16,7 @@ import numpy as np
 import pytest
 import torchvision.datasets
 
-from benchmark.data import DataError, check_dataset
-from benchmark.data import cifar
+from benchmark.data import DATASETS, DataError, check_dataset
 
 PREPARED_FIX = "sha256sum -c SHA256SUMS"
 UNPICKLED: list[str] = []  # filled only if some code unpickles the planted pickle
@@ -38,7 +38,7 @@ def arrays(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture()
 def prepared(tmp_path, monkeypatch) -> Path:
     """A valid prepared CIFAR-100 folder in miniature: train-0.npz, train-1.npz, test.npz, meta.json."""
-    monkeypatch.setattr(cifar, "PER_CLASS", {**cifar.PER_CLASS, "cifar100": {"train": 2, "test": 1}})
+    monkeypatch.setitem(DATASETS, "cifar100", replace(DATASETS["cifar100"], train_per_class=2, test_per_class=1))
     monkeypatch.setattr(torchvision.datasets, "CIFAR100", refuse)  # a check must never reach for a download
     folder = tmp_path / "cifar100"
     folder.mkdir()

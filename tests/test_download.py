@@ -14,7 +14,7 @@ import io
 import pickle
 import tarfile
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -22,8 +22,7 @@ import numpy as np
 import pytest
 import torchvision.datasets
 
-from benchmark.data import DataError, check_dataset, find_dataset_dir, load_dataset
-from benchmark.data import cifar
+from benchmark.data import DATASETS, DataError, check_dataset, find_dataset_dir, load_dataset
 from conftest import find_or_download_cifar100
 
 TARBALL = "cifar-100-python.tar.gz"
@@ -110,7 +109,7 @@ def served(release, monkeypatch) -> Iterator[list[str]]:
     """torchvision's CIFAR100 pointed at the local server; yields the server's request log."""
     for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):  # loopback must not go via a proxy
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(cifar, "PER_CLASS", {**cifar.PER_CLASS, "cifar100": {"train": 2, "test": 1}})
+    monkeypatch.setitem(DATASETS, "cifar100", replace(DATASETS["cifar100"], train_per_class=2, test_per_class=1))
     cls = torchvision.datasets.CIFAR100
     monkeypatch.setattr(cls, "tgz_md5", release.md5s[TARBALL])
     monkeypatch.setattr(cls, "train_list", [["train", release.md5s["train"]]])

@@ -57,12 +57,12 @@ def identity_hash(identity: dict[str, Any]) -> str:
 
 def plan_context(experiment: Experiment, scenario: str) -> PlanContext:
     spec = DATASETS[experiment.dataset]
-    per_class = experiment.profile.images_per_class or spec.train_per_class
     return PlanContext(
         task_sizes=tuple(Scenario.parse(scenario).task_sizes(spec.num_classes)),
         image_shape=spec.image_shape, family=experiment.family, benchmark=experiment.benchmark_backbone,
         policy=experiment.policy, anchor_exemplars=experiment.anchor_exemplars,
-        min_exemplars=experiment.min_exemplars, train_images=spec.num_classes * per_class)
+        min_exemplars=experiment.min_exemplars,
+        train_images=spec.num_classes * spec.per_class("train", experiment.profile.images_per_class))
 
 
 # Raised whenever a code change alters what a run trains (initialization, a loss, augmentation):

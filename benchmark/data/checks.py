@@ -37,6 +37,6 @@ def _check_cifar(spec: DatasetSpec, root: str | Path, download: bool) -> Path:
         target = cifar.download_dir(spec.name, root)
         reason = (f"Nothing was downloaded (checked with download=False, as a dry run does); a run without "
                   f"--dry-run on a machine with a network downloads it into {target}.")
-        raise not_found_error(f"{cifar.TITLES[spec.name]} ({spec.name!r})", cifar.looked_in(spec, root), reason)
+        raise not_found_error(spec.label, cifar.looked_in(spec, root), reason)
     cifar.load_cifar(spec, root, download)  # the full load: every check a worker's load makes
     return cifar.find_cifar_dir(spec, root)

@@ -24,9 +24,6 @@ from .specs import DatasetSpec, dataset_spec
 
 # torchvision class and the folder its download unpacks to.
 TORCHVISION = {"cifar100": ("CIFAR100", "cifar-100-python"), "cifar10": ("CIFAR10", "cifar-10-batches-py")}
-# Images per class in the official splits; train matches DatasetSpec.train_per_class.
-PER_CLASS = {"cifar100": {"train": 500, "test": 100}, "cifar10": {"train": 5000, "test": 1000}}
-TITLES = {"cifar100": "CIFAR-100", "cifar10": "CIFAR-10"}
 # meta.json key of the class names: our CIFAR-100 layout uses the fine labels; CIFAR-10 has one kind.
 META_KEYS = ("fine_label_names", "label_names")
 # Appended to every problem found in the prepared arrays (they are never written by this code).
@@ -108,8 +105,8 @@ def check_arrays(x: np.ndarray, y: np.ndarray, spec: DatasetSpec, source: str) -
 
 
 def check_class_counts(y: np.ndarray, spec: DatasetSpec, split: str, source: str) -> None:
-    """Every class has the official count; catches truncated files and mixed-up splits."""
-    per_class = PER_CLASS[spec.name][split]
+    """Every class has the official count (the spec's); catches truncated files and mixed-up splits."""
+    per_class = spec.per_class(split)
     counts = np.bincount(y, minlength=spec.num_classes)
     if (counts == per_class).all():
         return
@@ -264,7 +261,7 @@ def load_torchvision(spec: DatasetSpec, folder: Path, download: bool, searched: 
     except (OSError, RuntimeError) as err:  # URLError is an OSError; missing files raise RuntimeError
         action = "download into" if download else "load (download=False) from"
         reason = f"torchvision could not {action} {folder}: {type(err).__name__}: {err}"
-        raise not_found_error(f"{TITLES[spec.name]} ({spec.name!r})", searched, reason) from err
+        raise not_found_error(spec.label, searched, reason) from err
     arrays = {}
     for split, part in parts.items():
         arrays[f"x_{split}"] = np.asarray(part.data)
@@ -288,5 +285,5 @@ def load_cifar(spec: DatasetSpec, root: str | Path, download: bool = True) -> Da
 def find_cifar_dir(spec: DatasetSpec, root: str | Path) -> Path:
     found = locate(spec, root)
     if found is None:
-        raise not_found_error(f"{TITLES[spec.name]} ({spec.name!r})", looked_in(spec, root))
+        raise not_found_error(spec.label, looked_in(spec, root))
     return found[1]

@@ -40,7 +40,7 @@ def find_imagenet_dir(spec: DatasetSpec, root: str | Path) -> Path:
         if _holds_imagenet(folder):
             return folder
     reason = "ImageNet cannot be downloaded automatically; prepare the folders from the ILSVRC-2012 release."
-    raise not_found_error(f"ImageNet-100 ({spec.name!r})", _looked_in(spec, root), reason)
+    raise not_found_error(spec.label, _looked_in(spec, root), reason)
 
 
 def _listing(items: list[str], total: int) -> str:

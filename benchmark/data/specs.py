@@ -17,12 +17,30 @@ class DatasetSpec:
     mean: tuple[float, float, float]  # per-channel normalisation in [0, 1] units
     std: tuple[float, float, float]
     train_per_class: int  # nominal; ImageNet classes vary around this
+    test_per_class: int | None = None  # None: not stated (a folder data set's split decides)
+    title: str = ""  # how messages name it ("CIFAR-100"); "": its name
 
     @property
     def image_bytes(self) -> int:
         """Bytes of one stored uint8 image: what one exemplar costs in the memory budget."""
         height, width, channels = self.image_shape
         return height * width * channels
+
+    @property
+    def label(self) -> str:
+        """The data set as messages name it: "CIFAR-100 ('cifar100')", or "data set 'flowers4'" untitled."""
+        return f"{self.title} ({self.name!r})" if self.title else f"data set {self.name!r}"
+
+    def per_class(self, split: str, limit: int | None = None) -> int:
+        """Images per class of `split` ("train" or "test"): `limit` (a profile's images_per_class or
+        test_images_per_class) when given, else the data set's own count."""
+        if limit:
+            return limit
+        count = {"train": self.train_per_class, "test": self.test_per_class}[split]
+        if count is None:
+            raise ValueError(f"{self.label}: its spec does not say how many {split} images a class has; "
+                             f"set {split}_per_class in benchmark/data/specs.py")
+        return count
 
 
 # The normalisation constants are PyCIL's (utils/data.py iCIFAR10 / iCIFAR100 / iImageNet100; the
@@ -37,10 +55,15 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
-        DatasetSpec("cifar100", 100, (32, 32, 3), (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761), 500),
-        DatasetSpec("cifar10", 10, (32, 32, 3), (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), 5000),
-        # ImageNet-100 images are read as a 224x224 centre crop (see FolderImageSet).
-        DatasetSpec("imagenet100", 100, (224, 224, 3), _IMAGENET_MEAN, _IMAGENET_STD, 1300),
+        # CIFAR: the official splits' counts, which the loader checks class by class.
+        DatasetSpec("cifar100", 100, (32, 32, 3), (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761), 500, 100,
+                    title="CIFAR-100"),
+        DatasetSpec("cifar10", 10, (32, 32, 3), (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), 5000, 1000,
+                    title="CIFAR-10"),
+        # ImageNet-100 images are read as a 224x224 centre crop (see FolderImageSet); the 50 per class
+        # are ILSVRC-2012's validation images, its test split here.
+        DatasetSpec("imagenet100", 100, (224, 224, 3), _IMAGENET_MEAN, _IMAGENET_STD, 1300, 50,
+                    title="ImageNet-100"),
     )
 }
 

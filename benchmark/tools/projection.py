@@ -31,10 +31,6 @@ from benchmark.data import DATASETS, Scenario
 from benchmark.config.grid import Run
 from benchmark.train.runner import first_task_key
 
-# Test images per class (not in DatasetSpec): CIFAR-10/100 have 10,000 test images, ImageNet-100
-# 50 validation images per class.
-TEST_PER_CLASS = {"cifar100": 100, "cifar10": 1000, "imagenet100": 50}
-GROWING = ("der", "memo")  # network kinds whose step cost grows with the task index
 
 
 @dataclass(frozen=True)
@@ -74,8 +70,8 @@ def per_image(points: dict[int, float], task: int) -> float:
 def run_work(run: Run) -> list[TaskWork]:
     """Per task of `run`: its training images and epochs, forward images and herding picks."""
     spec = DATASETS[run.dataset]
-    per_class = run.training["images_per_class"] or spec.train_per_class
-    test_per_class = run.training["test_images_per_class"] or TEST_PER_CLASS[run.dataset]
+    per_class = spec.per_class("train", run.training["images_per_class"])
+    test_per_class = spec.per_class("test", run.training["test_images_per_class"])
     method = METHODS.get(run.method)
     keeps = method.uses_exemplars and run.exemplars > 0
     herding = keeps and run.training["exemplar_selection"] == "herding"
@@ -165,9 +161,10 @@ def measure_speeds(runs: list[Run], device: torch.device, batch_size: int, warmu
     speeds = {}
     for method, backbone in sorted({(run.method, run.backbone) for run in runs}):
         run = next(r for r in runs if (r.method, r.backbone) == (method, backbone))
-        tasks = [1, data.num_tasks - 1] if last_task and METHODS.get(method).growth in GROWING else [1]
+        grows = METHODS.get(method).grows()  # a growing network's step cost rises with the task index
+        tasks = [1, data.num_tasks - 1] if last_task and grows else [1]
         speed = PairSpeed()
-        if METHODS.get(method).growth in GROWING:  # task 0 is a single block: the first-task model
+        if grows:  # task 0 is a single block: the first-task model
             speed = PairSpeed(dict(first[backbone].train), dict(first[backbone].forward))
         for task in dict.fromkeys(tasks):
             measured = _speed_at(run, data, task, precision, batch_size, warmup, steps, forward_images)
