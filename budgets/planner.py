@@ -18,6 +18,7 @@ A method whose model plus the minimum exemplar count does not fit is a BudgetErr
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Sequence
@@ -206,8 +207,11 @@ def budget_points(budgets: str | Sequence[float], ctx: PlanContext) -> list[Budg
 
 def plan(methods: Sequence[str], budgets: str | Sequence[float], ctx: PlanContext) -> list[CellPlan]:
     """Every (method, budget point) cell; joint gets one cell. Raises one BudgetError listing every misfit."""
+    problems = _count_problems(ctx, isinstance(budgets, str))
+    if problems:  # the curve's points would be built on counts that no data set fills
+        raise BudgetError("\n".join(problems))
     points = budget_points(budgets, ctx)
-    cells, problems = [], []
+    cells = []
     for method in methods:
         if METHODS.get(method).trains_on_all_data:
             cells.append(plan_joint(ctx))
@@ -217,6 +221,33 @@ def plan(methods: Sequence[str], budgets: str | Sequence[float], ctx: PlanContex
                 cells.append(plan_cell(method, point, ctx))
             except BudgetError as error:
                 problems.append(str(error))
+    problems += [text for text in (_limits_nothing(point, cells, ctx) for point in points) if text]
     if problems:
         raise BudgetError("\n".join(problems))
     return cells
+
+
+def _count_problems(ctx: PlanContext, curve: bool) -> list[str]:
+    """Exemplar counts above the scenario's training images, which no method could ever hold (the
+    anchor defines the points of the paper's curve and of "fair")."""
+    if not ctx.train_images:  # unknown (a bare PlanContext)
+        return []
+    counts = {"anchor_exemplars": ctx.anchor_exemplars if curve else None, "min_exemplars": ctx.min_exemplars}
+    return [f"{key}: {count:,} exemplars, but the scenario has only {ctx.train_images:,} training images to "
+            f"keep; use at most {ctx.train_images:,}" for key, count in counts.items()
+            if count is not None and count > ctx.train_images]
+
+
+def _limits_nothing(point: BudgetPoint, cells: list[CellPlan], ctx: PlanContext) -> str:
+    """Why a budget point measures nothing (every exemplar method there has room for more exemplars
+    than the scenario's training images, so memory limits none of them), or "" when it does."""
+    kept = [cell for cell in cells if cell.point == point.index and METHODS.get(cell.method).uses_exemplars]
+    if not ctx.train_images or not kept or any(cell.exemplars <= ctx.train_images for cell in kept):
+        return ""
+    biggest = max(kept, key=lambda cell: cell.model_bytes)  # the last method to run out of room
+    largest = biggest.model_bytes + exemplar_bytes(ctx.train_images + 1, ctx.image_shape) - 1
+    return (f"budget {point.budget_mb:,.2f} MB ({point.label}) leaves every method room for more exemplars "
+            f"({min(cell.exemplars for cell in kept):,} or more) than the scenario's {ctx.train_images:,} "
+            f"training images, so memory limits none of them. The largest sensible budget is "
+            f"{math.floor(largest / MB * 1e4) / 1e4:.4f} MB ({largest:,} bytes, where {biggest.method!r} holds "
+            f"exactly the {ctx.train_images:,} images): give budgets up to that, or use more images per class.")

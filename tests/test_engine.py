@@ -39,7 +39,9 @@ THREADS = 2
 SGD = {"lr": 0.1, "lr_decay": 0.1, "momentum": 0.9}
 
 LEARN_IMAGES = 30
-LEARN_MB = 9.0  # conv2_half (41,088 bytes) + 3,058 exemplars >= 100 classes x 30 images
+# conv2_half (41,088 bytes) + 3,014 exemplars >= 100 classes x 30 images; DER's two backbones leave it
+# exactly the 3,000 (a budget where every method had room to spare would be refused as limiting nothing)
+LEARN_MB = 8.87
 LEARN = {
     "name": "engine_learning", "dataset": "cifar100", "scenario": "B0Inc50", "methods": ALL,
     "budgets": [LEARN_MB], "seeds": [1993], "profile": "cpu",

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from annotated_types import Gt
+from annotated_types import Gt, Le
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, Strict, ValidationError, WrapValidator
 
 from budgets.accounting import POLICIES
@@ -35,12 +35,26 @@ __all__ = ["ConfigError", "ConfigWarning", "Experiment", "ExperimentFile", "load
            "experiment_schema", "input_kind_of", "read_yaml"]
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # safe as a folder name under results/
+# Defaults of keys that the engine takes too (EngineSettings reads them from here).
+NETWORK_SEED = 1
+EXEMPLAR_SELECTION = "herding"
+# The name is a folder name (file systems allow 255 bytes); 100 is plenty, and keeps the paths under
+# results/ and SLURM's job names (cil-<name>) readable.
+NAME_MAX_CHARS = 100
+# Limits of the YAML loader: an experiment file has a few hundred nodes nested 4 deep, while an
+# alias bomb expands to billions (MemoryError) and thousands of brackets overflow PyYAML's
+# recursive composer (RecursionError).
+YAML_MAX_NODES = 100_000
+YAML_MAX_DEPTH = 50
 
 
 def _safe_name(value: str) -> str:
     if not NAME_PATTERN.match(value):
         raise ValueError(f"{value!r} is not a safe folder name: use letters, digits and _ . - "
                          "(no slashes, not starting with a dot)")
+    if len(value) > NAME_MAX_CHARS:
+        raise ValueError(f"{value[:20]}... is {len(value)} characters long; a name is a folder name under "
+                         f"results/, at most {NAME_MAX_CHARS} characters: shorten it")
     return value
 
 
@@ -58,12 +72,17 @@ def _one_or_list(schema: dict[str, Any]) -> None:
     schema["anyOf"] = [items, {**one, "items": items}]
 
 
+# A terabyte: more than any data set here holds as exemplars (ImageNet's 1.28 M training images are
+# 193 GB); past it a budget is a typo, and its byte count would overflow the tables' 64-bit integers.
+MAX_BUDGET_MB = 1_000_000
+
+
 def _explain_budgets(value: Any, handler: Any) -> Any:
     try:
         return handler(value)
     except ValidationError:
         raise ValueError(f"{value!r}: use paper, fair, or a non-empty list of positive, finite budgets "
-                         "in MB, e.g. [8, 12, 16]") from None
+                         f"in MB of at most {MAX_BUDGET_MB:,}, e.g. [8, 12, 16]") from None
 
 
 def _distinct_budgets(value: Any) -> Any:
@@ -74,7 +93,8 @@ def _distinct_budgets(value: Any) -> Any:
 
 Scenarios = Annotated[unique_tuple(Annotated[str, Strict(), AfterValidator(_scenario_name)]),
                       BeforeValidator(_listed), Field(json_schema_extra=_one_or_list)]
-Budgets = Annotated[Literal["paper", "fair"] | Annotated[tuple[finite(Gt(0)), ...], Field(min_length=1)],
+Budgets = Annotated[Literal["paper", "fair"] | Annotated[tuple[finite(Gt(0), Le(MAX_BUDGET_MB)), ...],
+                                                          Field(min_length=1)],
                     WrapValidator(_explain_budgets), AfterValidator(_distinct_budgets)]
 BackboneName = choice(BACKBONES.names, BACKBONES.unknown_message)
 
@@ -138,17 +158,86 @@ class Experiment:
         return asdict(self)
 
 
+class _Refused(yaml.YAMLError):
+    """YAML that parses but that the loader refuses (too large, too deep, a key given twice)."""
+
+    def __init__(self, mark: yaml.Mark, problem: str) -> None:
+        super().__init__(f"line {mark.line + 1}: {problem}")
+
+
+class BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that also refuses a key given twice in one mapping (PyYAML keeps the
+    last silently), more than YAML_MAX_DEPTH levels of nesting and more than YAML_MAX_NODES nodes
+    once aliases are expanded; each with the line. Sizes are counted as the nodes are composed, so
+    a bomb is refused before anything is built."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        mark = self.peek_event().start_mark
+        alias = self.check_event(yaml.AliasEvent)
+        self._depth += 1
+        if self._depth > YAML_MAX_DEPTH:
+            raise _Refused(mark, f"nested more than {YAML_MAX_DEPTH} levels deep; an experiment file needs a few")
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        if alias:  # the anchored node, composed already, unless the alias sits inside it
+            if not hasattr(node, "expanded"):
+                raise _Refused(mark, "an alias refers to the node that contains it (a loop)")
+            return node
+        children = (node.value if isinstance(node, yaml.SequenceNode) else
+                    [child for pair in node.value for child in pair] if isinstance(node, yaml.MappingNode) else [])
+        node.expanded = 1 + sum(child.expanded for child in children)
+        node.height = 1 + max((child.height for child in children), default=0)
+        if node.expanded > YAML_MAX_NODES or node.height > YAML_MAX_DEPTH:
+            raise _Refused(mark, f"expands to more than {YAML_MAX_NODES:,} values or {YAML_MAX_DEPTH} levels "
+                                 "once its aliases (*name) are replaced; write the values out")
+        return node
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+            if key in lines:
+                raise _Refused(key_node.start_mark, f"key {key!r} is given twice (lines {lines[key]} and {line}); "
+                                                    "YAML would keep only the last: delete one")
+            lines[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 text; ConfigError naming the first byte that is not."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        raise ConfigError(f"{path}: line {line}, column {column}: byte 0x{data[error.start]:02x} is not UTF-8 text; "
+                          f"save it as UTF-8 (e.g. iconv -f latin1 -t utf-8 {path.name} > utf8.yaml)") from None
+
+
 def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Safe-load a file, merging in its `include` chain (the including file wins)."""
+    """Safe-load a file (BoundedLoader), merging in its `include` chain (the including file wins)."""
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"{path}: include cycle through {[str(p) for p in seen]}")
     if not path.is_file():
         raise ConfigError(f"experiment file {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(_read_text(path), Loader=BoundedLoader) or {}
+    except _Refused as error:
+        raise ConfigError(f"{path}: {error}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot be read: {error.strerror}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
     if "include" in raw:
@@ -196,9 +285,14 @@ def _check_together(spec: ExperimentFile) -> list[str]:
     classes = DATASETS[spec.dataset].num_classes
     for name in spec.scenario:
         try:
-            Scenario.parse(name).task_sizes(classes)
+            sizes = Scenario.parse(name).task_sizes(classes)
         except ValueError as error:
             problems.append(f"scenario: {error}")
+            continue
+        if len(sizes) == 1:
+            problems.append(f"scenario: {name} on {spec.dataset} ({classes} classes) is a single task of {classes} "
+                            "classes, so nothing is learned incrementally; leave classes for later tasks "
+                            f"(e.g. B{classes // 2}Inc{classes // 10 or 1} or B0Inc{classes // 10 or 1})")
     kind = input_kind_of(spec.dataset)
     for name in sorted({*(spec.family or FAMILIES[kind]), spec.benchmark_backbone or BENCHMARK_BACKBONE[kind]}):
         if input_kind(name) != kind:

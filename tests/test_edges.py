@@ -1,0 +1,170 @@
+"""Bad inputs a new user may give, each refused before any training with a message that names the
+problem, the place and the fix, and never a Python traceback (issue 11, section 6)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import tiny_experiment, write_experiment
+
+import run_all
+from benchmark.config.experiment import ConfigError, load_experiment, parse_experiment
+
+
+def plan(capsys, path: Path) -> tuple[int, str]:
+    """`run_all.py plan PATH`: its exit code and what it printed to stderr."""
+    code = run_all.main(["plan", str(path)])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+    return code, captured.err
+
+
+def refused(path: Path) -> str:
+    with pytest.raises(ConfigError) as error:
+        load_experiment(path)
+    return str(error.value)
+
+
+# -- YAML ----------------------------------------------------------------------------------------
+def test_a_file_that_is_not_utf8_names_the_byte_and_its_line(tmp_path, capsys):
+    path = tmp_path / "latin.yaml"
+    path.write_bytes(b"name: caf\xe9\ndataset: cifar100\n")
+    code, err = plan(capsys, path)
+    assert code == 2
+    assert f"{path}: line 1, column 10: byte 0xe9 is not UTF-8 text; save it as UTF-8" in err
+
+
+def test_an_included_file_that_is_not_utf8_is_named(tmp_path):
+    (tmp_path / "base.yaml").write_bytes(b"dataset: cifar100\n# r\xe9sum\xe9\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("include: base.yaml\nname: child\n")
+    assert f"{tmp_path / 'base.yaml'}: line 2, column 4: byte 0xe9 is not UTF-8" in refused(child)
+
+
+def test_an_alias_bomb_is_refused_before_it_expands(tmp_path, capsys):
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]  # 10^10 values
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\nseeds: *a9\n")
+    code, err = plan(capsys, path)
+    assert code == 2
+    # a4 holds 10^5 strings (plus its lists): the first node past 100,000, on line 5
+    assert f"{path}: line 5: expands to more than 100,000 values" in err and "write the values out" in err
+
+
+def test_an_alias_inside_its_own_anchor_is_refused(tmp_path):
+    path = tmp_path / "loop.yaml"
+    path.write_text("name: loop\nseeds: &s [1, *s]\n")
+    assert "line 2: an alias refers to the node that contains it (a loop)" in refused(path)
+
+
+def test_deep_nesting_is_refused_with_the_limit(tmp_path, capsys):
+    path = tmp_path / "deep.yaml"
+    path.write_text("name: deep\nseeds: " + "[" * 5000 + "]" * 5000 + "\n")
+    code, err = plan(capsys, path)
+    assert code == 2 and f"{path}: line 2: nested more than 50 levels deep" in err
+
+
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path, capsys):
+    path = tmp_path / "twice.yaml"
+    path.write_text("name: twice\nseeds: [1993]\ndataset: cifar100\nseeds: [7]\n")
+    code, err = plan(capsys, path)
+    assert code == 2
+    assert f"{path}: line 4: key 'seeds' is given twice (lines 2 and 4); YAML would keep only the last: delete one" in err
+
+
+def test_a_nested_key_given_twice_is_refused(tmp_path):
+    path = tmp_path / "nested.yaml"
+    path.write_text("name: n\ntraining:\n  first_task:\n    epochs: 3\n    epochs: 4\n")
+    assert "line 5: key 'epochs' is given twice (lines 4 and 5)" in refused(path)
+
+
+def test_merge_keys_still_override(tmp_path):
+    """YAML's `<<` merge is an explicit override, not a repeat."""
+    path = tmp_path / "merge.yaml"
+    path.write_text("base: &b {x: 1, y: 2}\nother: {<<: *b, y: 3}\n")
+    from benchmark.config.experiment import read_yaml
+
+    assert read_yaml(path)["other"] == {"x": 1, "y": 3}
+
+
+# -- names, scenarios, budgets -------------------------------------------------------------------
+def test_a_name_too_long_for_a_folder_is_refused(tmp_path, capsys):
+    path = tmp_path / "long.yaml"
+    path.write_text(yaml.safe_dump(tiny_experiment(name="x" * 300)))
+    code, err = plan(capsys, path)
+    assert code == 2
+    assert "name: xxxxxxxxxxxxxxxxxxxx... is 300 characters long; a name is a folder name under results/, " \
+           "at most 100 characters: shorten it" in err
+    parse_experiment(tiny_experiment(name="x" * 100))  # the limit itself is allowed
+
+
+def test_a_scenario_of_one_task_is_refused(capsys, tmp_path):
+    path = write_experiment(tmp_path, tiny_experiment(scenario="B100Inc10"))
+    code, err = plan(capsys, path)
+    assert code == 2
+    assert ("scenario: B100Inc10 on cifar100 (100 classes) is a single task of 100 classes, so nothing is "
+            "learned incrementally; leave classes for later tasks (e.g. B50Inc10 or B0Inc10)") in err
+    with pytest.raises(ConfigError, match="B0Inc100 on cifar100 .* single task"):
+        parse_experiment(tiny_experiment(scenario="B0Inc100"))
+
+
+def test_an_absurd_budget_is_refused_by_the_schema(tmp_path, capsys):
+    """Finetune keeps no exemplars, so only the schema's bound stops 1e30 MB (64-bit overflow in plan)."""
+    path = write_experiment(tmp_path, tiny_experiment(methods=["finetune"], budgets=[1.0e30]))
+    code, err = plan(capsys, path)
+    assert code == 2 and "budgets: [1e+30]: use paper, fair, or a non-empty list of positive, finite budgets " \
+                         "in MB of at most 1,000,000" in err
+    assert parse_experiment(tiny_experiment(methods=["finetune"], budgets=[1_000_000])).budgets == (1_000_000,)
+
+
+# -- plans that hold more exemplars than the data set has images ---------------------------------
+def test_an_anchor_above_the_training_images_is_refused(tmp_path, capsys):
+    """cpu profile: 50 training images per class x 100 classes = 5,000 images."""
+    path = write_experiment(tmp_path, tiny_experiment() | {"budgets": "paper", "anchor_exemplars": 10_000_000})
+    code, err = plan(capsys, path)
+    assert code == 2
+    assert ("anchor_exemplars: 10,000,000 exemplars, but the scenario has only 5,000 training images to keep; "
+            "use at most 5,000") in err
+
+
+def test_a_budget_past_every_method_s_need_is_refused_with_the_largest_sensible_one(tmp_path, capsys):
+    path = write_experiment(tmp_path, tiny_experiment(methods=["replay", "der"], budgets=[0.6, 100_000]))
+    code, err = plan(capsys, path)
+    assert code == 2
+    # der's final model (2 x resnet8_half) is 151,104 bytes: 151,104 + 5,001 x 3,072 - 1 = 15,514,175 bytes
+    assert ("budget 100,000.00 MB (100000MB) leaves every method room for more exemplars (34,133,284 or more) "
+            "than the scenario's 5,000 training images, so memory limits none of them. The largest sensible "
+            "budget is 14.7954 MB (15,514,175 bytes, where 'der' holds exactly the 5,000 images): give budgets "
+            "up to that, or use more images per class.") in err
+    assert "0.60 MB" not in err  # the sensible point is not named
+
+
+def test_the_subset_of_images_per_class_bounds_the_plan(tmp_path, capsys):
+    raw = tiny_experiment(methods=["icarl"], budgets=[2], training={"images_per_class": 5})
+    code, err = plan(capsys, write_experiment(tmp_path, raw))
+    assert code == 2 and "than the scenario's 500 training images" in err
+    # conv2_half's 41,088 bytes + 500 x 3,072 bytes, and 3,071 more before a 501st exemplar fits
+    assert "The largest sensible budget is 1.5069 MB (1,580,159 bytes, where 'icarl' holds exactly" in err
+    raw["budgets"] = [1.5069]
+    assert run_all.main(["plan", str(write_experiment(tmp_path, raw))]) == 0
+
+
+def test_a_budget_where_one_method_still_runs_out_of_room_is_kept():
+    """DER's bigger model leaves it exactly the 5,000 images, the others more: memory still limits DER."""
+    from benchmark.config.grid import expand
+
+    runs = {run.method: run for run in expand(parse_experiment(tiny_experiment(methods=["replay", "der"],
+                                                                                budgets=[14.7954])))}
+    assert runs["der"].exemplars == 5000 and runs["replay"].exemplars == 5036
+
+
+def test_run_dry_run_refuses_a_budget_past_the_data(tmp_path, capsys, cifar_root):
+    path = write_experiment(tmp_path, tiny_experiment(methods=["icarl"], budgets=[500]))
+    code = run_all.main(["run", str(path), "--results", str(tmp_path / "results"), "--data-root", str(cifar_root),
+                         "--gpus", "cpu", "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 2 and "error: nothing was run; fix these first:" in err
+    assert "budgets: B0Inc50: budget 500.00 MB (500MB) leaves every method room" in err and "Traceback" not in err
+    assert not (tmp_path / "results").exists()
