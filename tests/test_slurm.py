@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import signal
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,34 +28,18 @@ from benchmark.config.grid import expand
 from benchmark.config import slurm_options
 from benchmark.config.slurm_options import SlurmOptions
 from benchmark.launch.slurm import SlurmExecutor
+from conftest import all_gone, children, tiny_experiment, tiny_training
+from conftest import write_experiment as write_raw
 from dispatch_fakes import fake_runner, read_journal, run_cli, worker_facts
 
 pytest.importorskip("submitit")
 
-EXPERIMENT = """\
-name: tiny
-dataset: cifar100
-scenario: B0Inc50
-methods: {methods}
-budgets: [0.6]
-seeds: [1993]
-profile: cpu
-family: [conv2_half, resnet8_half]
-benchmark_backbone: conv2_half
-anchor_exemplars: 200
-training:
-  images_per_class: 5
-  test_images_per_class: 2
-  first_task: {{epochs: 1, milestones: [], batch_size: 32}}
-  later_tasks: {{all: {{epochs: {epochs}, milestones: [], batch_size: 32}}}}
-slurm: {{partition: gpu, gpus_per_task: 0, cpus_per_task: 1, time_min: 240}}
-"""
+SLURM_SECTION = {"partition": "gpu", "gpus_per_task": 0, "cpus_per_task": 1, "time_min": 240}
 
 
-def write_experiment(folder: Path, methods: str = "[finetune, replay]", epochs: int = 1) -> Path:
-    path = folder / "tiny.yaml"
-    path.write_text(EXPERIMENT.format(methods=methods, epochs=epochs))
-    return path
+def write_experiment(folder: Path, methods: tuple[str, ...] = ("finetune", "replay"), epochs: int = 1) -> Path:
+    return write_raw(folder, tiny_experiment(methods=methods, training=tiny_training(later_epochs=epochs),
+                                             slurm=SLURM_SECTION))
 
 
 def run_args(*options: str):
@@ -79,11 +63,26 @@ def fake_slurm(tmp_path, monkeypatch) -> Path:
 
 
 # -- options ----------------------------------------------------------------------------------------
+def driver_paths(patch: pytest.MonkeyPatch, folder: Path) -> None:
+    """A driver in folder/work importing from folder/lib (and its own environment, and nothing there)."""
+    for name in ("work", "lib"):
+        (folder / name).mkdir(exist_ok=True)
+    patch.chdir(folder / "work")
+    patch.setattr(sys, "path", ["", str(folder / "lib"), str(folder / "missing"), str(Path(sys.prefix) / "lib")])
+
+
+def test_jobs_import_from_the_drivers_folder_then_its_own_entries(tmp_path, monkeypatch):
+    driver_paths(monkeypatch, tmp_path)
+    assert python_path() == f"{tmp_path}/work:{tmp_path}/lib"  # no "", nothing missing, not the environment
+
+
 def test_the_options_reach_submitit_and_the_sbatch_array_exactly(tmp_path, fake_slurm):
     options = SlurmOptions(partition="gpu", time_min=240, gpus_per_task=1, cpus_per_task=8, mem_gb=32,
                            account="proj", qos="high", constraint="a100", array_parallelism=16)
-    executor = SlurmExecutor(options, tmp_path / "slurm", "cil-tiny", "slurm")
-    setup = [f"export PYTHONPATH={shlex.quote(python_path())}${{PYTHONPATH:+:$PYTHONPATH}}"]
+    with pytest.MonkeyPatch.context() as patch:
+        driver_paths(patch, tmp_path)
+        executor = SlurmExecutor(options, tmp_path / "slurm", "cil-tiny", "slurm")
+    setup = [f"export PYTHONPATH={tmp_path}/work:{tmp_path}/lib${{PYTHONPATH:+:$PYTHONPATH}}"]
     assert executor.executor.parameters == {
         "job_name": "cil-tiny", "time": 240, "cpus_per_task": 8, "mem": "32GB", "gpus_per_task": 1,
         "array_parallelism": 16, "partition": "gpu", "account": "proj", "qos": "high", "constraint": "a100",
@@ -177,12 +176,11 @@ def test_a_job_slurm_ends_is_a_crash_with_submitits_message():
 
 # -- arrays, in order -------------------------------------------------------------------------------
 def test_first_tasks_go_first_and_never_more_jobs_than_the_limit(tmp_path, cifar_root, monkeypatch):
-    """A fake grid on the debug cluster: 3 first tasks and 5 runs, at most 2 jobs at once."""
+    """A fake grid on the debug cluster: 2 first tasks (one per seed) and 10 runs, at most 2 jobs at once."""
     monkeypatch.setattr(slurm, "DEFAULT_POLL_SECONDS", 0.05)
-    experiment = tmp_path / "grid.yaml"
-    experiment.write_text(EXPERIMENT.format(methods="[finetune, replay, der]", epochs=1).replace("[0.6]", "[4, 6]")
-                          .replace("conv2_half, resnet8_half]", "conv2_half, resnet8_half, resnet14_half]")
-                          .replace("benchmark_backbone: conv2_half", "benchmark_backbone: resnet14_half"))
+    experiment = write_raw(tmp_path, tiny_experiment(
+        "grid", ("finetune", "replay", "der"), (4, 6), seeds=[1, 2], family=["conv2_half", "resnet8_half", "resnet14_half"],
+        benchmark_backbone="resnet14_half", slurm=SLURM_SECTION))
     runs = expand(load_experiment(experiment))
     executor = SlurmExecutor(SlurmOptions(gpus_per_task=0, cpus_per_task=1, array_parallelism=2), tmp_path / "slurm",
                              "cil-grid", "debug")
@@ -199,10 +197,10 @@ def test_first_tasks_go_first_and_never_more_jobs_than_the_limit(tmp_path, cifar
     summary = sweep.Sweep(runs, tmp_path / "results" / "grid", tmp_path / "results", cifar_root, executor,
                           fake_runner(journal), retry_seconds=0.1).run()
     executor.close()
-    assert summary.failures == [] and len(runs) == 5
+    assert summary.failures == [] and len(runs) == 10
     assert arrays[0] == ["first", "first"]  # the first array: first-task models only
     submitted = [name for array in arrays for name in array]
-    assert submitted == ["first"] * 3 + ["run"] * 5  # every first task before any run
+    assert submitted == ["first"] * 2 + ["run"] * 10  # every first task before any run
     assert sorted(entry["run_id"] for entry in read_journal(journal) if entry["job"] == "run") == sorted(
         run.run_id for run in runs)
 
@@ -241,7 +239,7 @@ def test_a_killed_job_is_recorded_as_crashed_and_resumes_from_its_checkpoint(tmp
     """Local cluster: the run's job process is killed (as SLURM's time limit or a node failure
     would) once its first checkpoint is written; rerun with --retry-failed, it goes on from it."""
     monkeypatch.setenv(slurm.CLUSTER_VARIABLE, "local")
-    experiment, results = write_experiment(tmp_path, methods="[finetune]", epochs=8), tmp_path / "results"
+    experiment, results = write_experiment(tmp_path, methods=("finetune",), epochs=8), tmp_path / "results"
     run_id = expand(load_experiment(experiment))[0].run_id
     folder = results / "tiny" / "runs" / run_id
 
@@ -278,28 +276,4 @@ def test_closing_an_interrupted_local_executor_cancels_its_jobs(tmp_path):
         time.sleep(0.05)
     executor.close(cancel=True)
     assert controller.wait(timeout=10) is not None
-    assert jobs and not any(alive(pid, within=5) for pid in jobs)
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(stat.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
-
-
-def alive(pid: int, within: float) -> bool:
-    """Whether process `pid` still runs after `within` seconds (a zombie counts as ended)."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-                return False
-        except (OSError, IndexError):
-            return False
-        time.sleep(0.1)
-    return True
+    assert jobs and all_gone(jobs, within=5)
