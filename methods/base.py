@@ -4,7 +4,7 @@ batches, evaluation); a method writes none.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, field, fields, make_dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -29,6 +29,11 @@ class Task:
         return self.total_classes - self.known_classes
 
 
+@dataclass(frozen=True)
+class NoOptions:
+    """The options of a method that has none."""
+
+
 class Method:
     """Base class. Subclasses set the traits below and override the hooks they need."""
 
@@ -37,7 +42,20 @@ class Method:
     uses_exemplars: ClassVar[bool] = True   # keeps an exemplar buffer and trains on it
     keeps_teacher: ClassVar[bool] = False   # holds a frozen copy of the previous model
     trains_on_all_data: ClassVar[bool] = False  # joint: sees every image of every seen class
+    # The options: a frozen dataclass whose fields are their names, types and defaults (see
+    # methods/icarl.py), which the experiment schema checks. default_options follows from it; a
+    # method that sets only default_options gets options of any type.
+    options_type: ClassVar[type] = NoOptions
     default_options: ClassVar[dict[str, Any]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "options_type" in cls.__dict__:
+            cls.default_options = {f.name: f.default for f in fields(cls.options_type) if f.default is not MISSING}
+        elif "default_options" in cls.__dict__:
+            cls.options_type = make_dataclass(f"{cls.__name__}Options", [
+                (name, Any, field(default_factory=lambda value=value: value)) for name, value in cls.default_options.items()],
+                frozen=True)
 
     @classmethod
     def grows(cls) -> bool:

@@ -4,6 +4,8 @@ from "old"; weight aligning after each task. No masking or pruning, as in the re
 the MEMO paper compares against."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -11,11 +13,16 @@ from .base import Method, Task, register
 from .losses import align_weights, auxiliary_targets
 
 
+@dataclass(frozen=True)
+class DEROptions:
+    aux_weight: float = 1.0  # of the auxiliary head's loss (new classes against "old")
+
+
 @register
 class DER(Method):
     name = "der"
     growth = "der"
-    default_options = {"aux_weight": 1.0}
+    options_type = DEROptions
 
     def before_task(self, task: Task) -> None:
         super().before_task(task)

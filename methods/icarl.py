@@ -2,6 +2,8 @@
 frozen previous model on the old classes' logits; evaluated with NME as in the original."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -9,11 +11,16 @@ from .base import Method, Task, register
 from .losses import distillation_loss, frozen_copy
 
 
+@dataclass(frozen=True)
+class ICaRLOptions:
+    temperature: float = 2.0  # of the distillation softmax (the reference code's T)
+
+
 @register
 class ICaRL(Method):
     name = "icarl"
     keeps_teacher = True
-    default_options = {"temperature": 2.0}
+    options_type = ICaRLOptions
 
     def before_task(self, task: Task) -> None:
         if task.index > 0:

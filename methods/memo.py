@@ -10,16 +10,23 @@ task (B > 0).
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from .base import Task, register
-from .der import DER
+from .der import DER, DEROptions
+
+
+@dataclass(frozen=True)
+class MEMOOptions(DEROptions):
+    train_base: bool | Literal["auto"] = "auto"  # "auto": true for B0 scenarios, false with a base task
+
 
 @register
 class MEMO(DER):
     name = "memo"
     growth = "memo"
-    default_options = {"aux_weight": 1.0, "train_base": "auto"}
+    options_type = MEMOOptions
 
     def __init__(self, backbone: str, options: dict[str, Any] | None = None) -> None:
         super().__init__(backbone, options)

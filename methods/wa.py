@@ -12,22 +12,31 @@ Both use KD at temperature 2 (the inherited `temperature` option).
 """
 from __future__ import annotations
 
-from typing import Any
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
 from .base import Task, register
-from .icarl import ICaRL
+from .icarl import ICaRL, ICaRLOptions
 from .losses import align_weights
 
-WEIGHTINGS = ("old_share", "fixed")
+Weighting = Literal["old_share", "fixed"]
+WEIGHTINGS = typing.get_args(Weighting)
+
+
+@dataclass(frozen=True)
+class WAOptions(ICaRLOptions):
+    weighting: Weighting = "old_share"  # of CE and KD, see above
+    kd_weight: float = 2.0               # of KD under the "fixed" weighting
 
 
 @register
 class WA(ICaRL):
     name = "wa"
-    default_options = {**ICaRL.default_options, "weighting": "old_share", "kd_weight": 2.0}
+    options_type = WAOptions
 
     def __init__(self, backbone: str, options: dict[str, Any] | None = None) -> None:
         super().__init__(backbone, options)

@@ -7,13 +7,15 @@ is not 1, 1.5 is not an int. An int is accepted where a float is asked for (`lr:
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import typing
 from typing import Annotated, Any, Callable, Iterable
 
 from annotated_types import Ge, Gt, Le, Lt
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, ValidationError, create_model
-from pydantic_core import core_schema
+from pydantic_core import InitErrorDetails, PydanticCustomError, core_schema
 
 from methods import METHODS
 
@@ -93,6 +95,25 @@ MethodName = choice(METHODS.names, METHODS.unknown_message)
 
 
 # -- method options ---------------------------------------------------------------------------
+# Each method declares its options once, as a dataclass of typed fields with defaults
+# (Method.options_type, e.g. methods/icarl.py); these check them as strictly as the rest of the file.
+OPTIONS_MODEL = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+@functools.cache
+def options_model(options_type: type) -> type[BaseModel]:
+    """A strict pydantic model of a method's options dataclass (an int is accepted for a float)."""
+    hints = typing.get_type_hints(options_type)
+    fields = {field.name: (hints[field.name], _default(field)) for field in dataclasses.fields(options_type)}
+    return create_model(f"{options_type.__name__}Model", __config__=OPTIONS_MODEL, **fields)
+
+
+def _default(field: dataclasses.Field) -> Any:
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return ... if field.default is dataclasses.MISSING else field.default
+
+
 def _known_options(value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Each option must be one its method declares (Method.default_options); numbers finite."""
     problems = []
@@ -108,17 +129,52 @@ def _known_options(value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]
     return value
 
 
+def _typed_options(value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each option's value of its declared type, every error located at method_options.<method>.<option>.
+    The values are kept as written (an int stays an int), so that run ids do not change."""
+    errors: list[InitErrorDetails] = []
+    for method, options in value.items():
+        try:
+            options_model(METHODS.get(method).options_type).model_validate(options)
+        except ValidationError as error:
+            errors += [{**item, "loc": (method, *item["loc"])} for item in _one_per_option(error.errors())]
+    if errors:
+        raise ValidationError.from_exception_data("method_options", errors)
+    return value
+
+
+def _one_per_option(items: list[dict[str, Any]]) -> list[InitErrorDetails]:
+    """pydantic's errors as InitErrorDetails, those of a union's members (loc: option, member)
+    merged into one: "Input should be a valid boolean or 'auto'"."""
+    merged: dict[str, list[dict[str, Any]]] = {}
+    for item in items:
+        merged.setdefault(item["loc"][0], []).append(item)
+    errors: list[InitErrorDetails] = []
+    for option, group in merged.items():
+        if len(group) == 1 and len(group[0]["loc"]) == 1:
+            item = group[0]
+            errors.append(InitErrorDetails(type=item["type"], loc=(option,), input=item["input"],
+                                           ctx=item.get("ctx", {})))
+            continue
+        wanted = " or ".join(item["msg"].removeprefix("Input should be ") for item in group)
+        errors.append(InitErrorDetails(type=PydanticCustomError("union_type", f"Input should be {wanted}"),
+                                       loc=(option,), input=group[0]["input"]))
+    return errors
+
+
 def _options_schema(schema: dict[str, Any]) -> None:
-    """JSON schema: each registered method's option names, with their defaults."""
-    schema["properties"] = {name: {"type": "object", "additionalProperties": False,
-                                   "properties": {option: {"default": default} for option, default
-                                                  in METHODS.get(name).default_options.items()}}
+    """JSON schema: each registered method's options, with their types and defaults."""
+    schema["properties"] = {name: options_model(METHODS.get(name).options_type).model_json_schema()
                             for name in METHODS.names()}
+    for method in schema["properties"].values():
+        method.pop("title", None)
+        for option in method.get("properties", {}).values():
+            option.pop("title", None)
     schema["additionalProperties"] = False
 
 
 MethodOptions = Annotated[dict[MethodName, dict[Annotated[str, Strict()], Any]], AfterValidator(_known_options),
-                          Field(json_schema_extra=_options_schema)]
+                          AfterValidator(_typed_options), Field(json_schema_extra=_options_schema)]
 
 
 # -- override models --------------------------------------------------------------------------
