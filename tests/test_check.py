@@ -15,6 +15,7 @@ from benchmark.tools import check_grid, check_steps, packing, projection
 from benchmark.tools.check_parity import augment_with, augmentation_parameters, augmentation_problems
 from benchmark.config.grid import Run
 from benchmark.train.runner import first_task_key
+from methods import METHODS
 from benchmark.tools.timing import method_run, speed_experiment, synthetic_data, task_engine
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,7 +95,9 @@ def small_engine():
     return task_engine(method_run(speed_experiment(), "der", "resnet8_half"), data, 1)
 
 
-def test_sync_guard_covers_the_steps_and_releases_before_the_epoch_sync(small_engine, monkeypatch):
+def test_sync_guard_window_covers_the_steps_and_ends_before_the_epoch_sync(small_engine, monkeypatch):
+    """Where the guard switches the mode (which the CPU can show); whether the mode catches a sync is
+    test_sync_guard_catches_a_host_sync_in_a_step, on CUDA."""
     engine, method = small_engine
     modes: list[str] = ["default"]
     monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", lambda mode: modes.append(mode))
@@ -105,7 +108,34 @@ def test_sync_guard_covers_the_steps_and_releases_before_the_epoch_sync(small_en
     loss = engine.train_epoch(engine.data.task(1), check_steps.SyncGuardedSource(source), optimizer, 4)
     assert at_steps == ["error"] * 3          # every step under "error"
     assert modes[-1] == "default"             # released before train_epoch's own float()
-    assert loss == loss                       # not NaN
+    # DER at task 1 of B0Inc10, untrained: cross-entropy over 20 classes plus the auxiliary one over 11
+    # (ln 20 + ln 11 = 5.4 at uniform logits; 7.2 measured), per image of the 12 stepped.
+    assert 5.0 < loss / 12 < 10.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA's sync debug mode detects host synchronizations "
+                                                           "on CUDA only")
+def test_sync_guard_catches_a_host_sync_in_a_step():
+    data = synthetic_data(torch.device("cuda"), per_class=4)
+    engine, method = task_engine(method_run(speed_experiment(), "der", "resnet8_half"), data, 1)
+    task, source = data.task(1), engine.training_set(data.task(1))
+    optimizer = engine.optimizer(engine.settings.schedules[1])
+    engine.train_epoch(task, check_steps.random_batches(engine, source, 1, 4), optimizer, 4)  # cuDNN warm-up
+    clean = engine.train_epoch(task, check_steps.SyncGuardedSource(check_steps.random_batches(engine, source, 3, 4)),
+                               optimizer, 4)
+    assert 0 < clean / 12 < 10.0 and torch.cuda.get_sync_debug_mode() == 0  # the real step: no sync; released
+    loss = method.loss
+
+    def syncing(task, images, labels):
+        value = loss(task, images, labels)
+        value.item()  # a host synchronization inside the step
+        return value
+
+    method.loss = syncing
+    with pytest.raises(RuntimeError, match="synchroniz"):
+        engine.train_epoch(task, check_steps.SyncGuardedSource(check_steps.random_batches(engine, source, 1, 4)),
+                           optimizer, 4)
+    assert torch.cuda.get_sync_debug_mode() == 0  # released after the failure too
 
 
 def test_placement_and_dtype_checks_can_fail(small_engine):
@@ -181,8 +211,7 @@ def test_quick_device_check_passes_every_section_on_the_cpu(tmp_path, cifar_root
     assert all(s["status"] == "PASS" for s in sections.values()), [s["notes"] for s in sections.values()]
     assert "bf16: CUDA only, skipped" in sections[1]["notes"]
     assert sections[1]["data"]["skipped"] == ["bf16: CUDA only"]
-    assert {key.split("/")[0] for key in sections[1]["data"] if "/" in key} == {
-        "finetune", "replay", "icarl", "wa", "der", "memo", "joint"}
+    assert {key.split("/")[0] for key in sections[1]["data"] if "/" in key} == set(METHODS.names())
     assert sections[3]["data"]["records"] == 2 and sections[3]["data"]["resume_line"].endswith("0 to run")
     assert set(sections[4]["data"]["totals"]) == {"1", "2"} and sections[4]["data"]["recommended"] in (1, 2)
     assert sections[5]["data"]["runs"] == 27 and sections[5]["data"]["serial_hours"] > 0
