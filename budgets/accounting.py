@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 POLICIES = ("paper", "strict")
+DEFAULT_POLICY = "paper"  # the budgets of the paper are given in its count
 MB = 2 ** 20  # the paper's MB is a MiB
 
 

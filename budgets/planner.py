@@ -7,7 +7,7 @@ function the run-time audit uses, and spends what is left of the budget on exemp
 
 Three ways to give budgets:
 - "paper": the performance-memory curve. The start point is one benchmark backbone plus the
-  anchor exemplars (2,000); every larger member X of the backbone family adds a point whose
+  anchor exemplars (ANCHOR_EXEMPLARS, 2,000); every larger member X of the backbone family adds a point whose
   budget is DER's final model with T copies of X plus the anchor exemplars.
 - "fair": the single aligned budget of the paper, the curve point where X is the benchmark backbone.
 - a list of MB: for each budget, single-network methods keep the benchmark backbone; growing
@@ -21,14 +21,18 @@ import copy
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from methods import METHODS
 from methods.networks import build_network
 
-from .accounting import MB, check_policy, exemplar_bytes, model_bytes, module_params
+from .accounting import DEFAULT_POLICY, MB, check_policy, exemplar_bytes, model_bytes, module_params
+
+# Exemplars at every curve point's definition (and the floor a growing method's backbone must leave):
+# the MEMO paper's smallest CIFAR-100 budget, 2,000 images.
+ANCHOR_EXEMPLARS = 2000
 
 
 class BudgetError(ValueError):
@@ -43,8 +47,8 @@ class PlanContext:
     image_shape: tuple[int, int, int]  # one exemplar's shape (uint8)
     family: tuple[str, ...]            # curve backbones, smallest first
     benchmark: str                     # the single-network methods' backbone
-    policy: str = "paper"
-    anchor_exemplars: int = 2000       # exemplars at every curve point's definition
+    policy: str = DEFAULT_POLICY
+    anchor_exemplars: int = ANCHOR_EXEMPLARS
     min_exemplars: int | None = None   # fewest exemplars a method may be left with; None: one per class
     train_images: int = 0              # training images of all classes (joint holds them all)
 
@@ -197,11 +201,16 @@ def _too_small(method: str, backbone: str, model: int, point: BudgetPoint, ctx: 
 
 
 # -- the whole plan --------------------------------------------------------------------------
+# The named ways to give budgets (see the module docstring); any other is a list of MB.
+BUDGET_MODES: dict[str, Callable[[PlanContext], list[BudgetPoint]]] = {
+    "paper": curve_points,
+    "fair": lambda ctx: [fair_point(ctx)],
+}
+
+
 def budget_points(budgets: str | Sequence[float], ctx: PlanContext) -> list[BudgetPoint]:
-    if budgets == "paper":
-        return curve_points(ctx)
-    if budgets == "fair":
-        return [fair_point(ctx)]
+    if isinstance(budgets, str):
+        return BUDGET_MODES[budgets](ctx)
     return megabyte_points(budgets)
 
 

@@ -15,9 +15,13 @@ import yaml
 from pydantic import ValidationError
 
 from benchmark.config import profile as profiles
-from benchmark.config.experiment import ConfigError, ConfigWarning, load_experiment, parse_experiment
+from benchmark.config.experiment import (ConfigError, ConfigWarning, experiment_schema, load_experiment,
+                                         parse_experiment)
 from benchmark.config.grid import expand
 from benchmark.config.profile import Schedule, get_profile, load_profile_file
+from benchmark.train.engine import EngineSettings
+from budgets.accounting import POLICIES
+from budgets.planner import BUDGET_MODES, PlanContext
 from methods import METHODS
 from methods.base import Method
 
@@ -43,9 +47,30 @@ def first_task(**values):
 def test_good_file_parses_with_defaults():
     experiment = parse_experiment(GOOD)
     assert experiment.policy == "paper" and experiment.network_seed == 1
+    assert experiment.anchor_exemplars == 2000 and experiment.exemplar_selection == "herding"
     assert experiment.family[-1] == experiment.benchmark_backbone == "resnet32"
     assert experiment.profile.first_task.epochs == 200
     assert experiment.scenarios == ("B0Inc10",) and experiment.seeds == (1993,) and experiment.budgets == "paper"
+
+
+def test_the_planner_and_the_engine_take_the_files_defaults():
+    """Each default is declared once (budgets, the experiment file, the profile) and read by the others:
+    what the planner and the engine take when not told is what an experiment file means when silent."""
+    ctx = PlanContext(task_sizes=(10,), image_shape=(32, 32, 3), family=("resnet32",), benchmark="resnet32")
+    assert (ctx.policy, ctx.anchor_exemplars) == ("paper", 2000)
+    settings = EngineSettings([], 0)
+    assert (settings.selection, settings.network_seed, settings.augment, settings.eval_batch_size,
+            settings.herding_batch_size, settings.precision) == ("herding", 1, True, 1000, 1000, "fp32")
+    silent = get_profile("cpu")  # sets none of these
+    assert (silent.augment, silent.eval_batch_size, silent.herding_batch_size, silent.precision) == (
+        True, 1000, 1000, "fp32")
+
+
+def test_budget_modes_and_policies_are_the_planners_and_the_accountings():
+    schema = experiment_schema()["properties"]
+    assert [mode for option in schema["budgets"]["anyOf"] for mode in option.get("enum", [])] == ["paper", "fair"]
+    assert list(BUDGET_MODES) == ["paper", "fair"]
+    assert schema["policy"]["enum"] == list(POLICIES) == ["paper", "strict"]
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
@@ -225,7 +250,7 @@ def test_new_method_plans_without_editing_profiles(probe_method):
     assert probe_method not in load_profile_file("paper").later_tasks
     for profile in ("paper", "cpu"):
         experiment = parse_experiment({**GOOD, "methods": ["replay", probe_method], "profile": profile,
-                                       "budgets": "fair"})
+                                       "budgets": [8]})
         default = experiment.profile.later_default
         assert experiment.profile.later_tasks[probe_method] == default == experiment.profile.schedule(probe_method, 1)
         runs = {run.method: run for run in expand(experiment)}

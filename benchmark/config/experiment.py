@@ -20,7 +20,8 @@ import yaml
 from annotated_types import Gt, Le
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, Strict, ValidationError, WrapValidator
 
-from budgets.accounting import POLICIES
+from budgets.accounting import DEFAULT_POLICY, POLICIES
+from budgets.planner import ANCHOR_EXEMPLARS, BUDGET_MODES
 from methods import METHODS
 from methods.backbones import BACKBONES, BENCHMARK_BACKBONE, FAMILIES, input_kind
 from methods.exemplars import SELECTIONS
@@ -81,7 +82,7 @@ def _explain_budgets(value: Any, handler: Any) -> Any:
     try:
         return handler(value)
     except ValidationError:
-        raise ValueError(f"{value!r}: use paper, fair, or a non-empty list of positive, finite budgets "
+        raise ValueError(f"{value!r}: use {', '.join(BUDGET_MODES)}, or a non-empty list of positive, finite budgets "
                          f"in MB of at most {MAX_BUDGET_MB:,}, e.g. [8, 12, 16]") from None
 
 
@@ -93,7 +94,7 @@ def _distinct_budgets(value: Any) -> Any:
 
 Scenarios = Annotated[unique_tuple(Annotated[str, Strict(), AfterValidator(_scenario_name)]),
                       BeforeValidator(_listed), Field(json_schema_extra=_one_or_list)]
-Budgets = Annotated[Literal["paper", "fair"] | Annotated[tuple[finite(Gt(0), Le(MAX_BUDGET_MB)), ...],
+Budgets = Annotated[Literal[tuple(BUDGET_MODES)] | Annotated[tuple[finite(Gt(0), Le(MAX_BUDGET_MB)), ...],
                                                           Field(min_length=1)],
                     WrapValidator(_explain_budgets), AfterValidator(_distinct_budgets)]
 BackboneName = choice(BACKBONES.names, BACKBONES.unknown_message)
@@ -115,16 +116,16 @@ class ExperimentFile(BaseModel):
                                          "or a list of budgets in MB (2^20 bytes)")
     seeds: unique_tuple(Seed) = Field(description="class-order seeds in [0, 2^32), e.g. [1993]")
     profile: choice(profile_names) = Field(description="training preset (benchmark/config/profiles/<name>.yaml)")
-    policy: choice(lambda: POLICIES) = Field("paper", description="memory counting policy")
-    network_seed: Seed = Field(1, description="torch seed of network initialization and batches, in [0, 2^32)")
+    policy: choice(lambda: POLICIES) = Field(DEFAULT_POLICY, description="memory counting policy")
+    network_seed: Seed = Field(NETWORK_SEED, description="torch seed of network initialization and batches, in [0, 2^32)")
     family: unique_tuple(BackboneName) | None = Field(
         None, description="curve backbones, smallest first; null: the data set's default family")
     benchmark_backbone: BackboneName | None = Field(
         None, description="backbone of single-network methods; null: the data set's default")
-    anchor_exemplars: NonNegativeInt = Field(2000, description="exemplars at each curve point's definition")
+    anchor_exemplars: NonNegativeInt = Field(ANCHOR_EXEMPLARS, description="exemplars at each curve point's definition")
     min_exemplars: NonNegativeInt | None = Field(
         None, description="fewest exemplars a method may keep; null: one per class")
-    exemplar_selection: choice(lambda: SELECTIONS) = Field("herding", description="how exemplars are chosen")
+    exemplar_selection: choice(lambda: SELECTIONS) = Field(EXEMPLAR_SELECTION, description="how exemplars are chosen")
     method_options: MethodOptions = Field(
         default_factory=dict, description="per-method options over the profile's, e.g. {memo: {train_base: false}}")
     training: TrainingOverride = Field(
@@ -135,7 +136,8 @@ class ExperimentFile(BaseModel):
 
 @dataclass(frozen=True)
 class Experiment:
-    """A resolved experiment file (what the grid expands); the keys are documented in ExperimentFile."""
+    """A resolved experiment file (what the grid expands), every key given: the keys and their
+    defaults are declared once, in ExperimentFile."""
 
     name: str
     dataset: str
@@ -144,13 +146,13 @@ class Experiment:
     budgets: str | tuple[float, ...]
     seeds: tuple[int, ...]
     profile: Profile
-    policy: str = "paper"
-    network_seed: int = 1
-    family: tuple[str, ...] = ()
-    benchmark_backbone: str = ""
-    anchor_exemplars: int = 2000
-    min_exemplars: int | None = None
-    exemplar_selection: str = "herding"
+    policy: str
+    network_seed: int
+    family: tuple[str, ...]
+    benchmark_backbone: str
+    anchor_exemplars: int
+    min_exemplars: int | None
+    exemplar_selection: str
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # profile's, then the file's
     slurm: SlurmOptions = field(default_factory=SlurmOptions)   # --backend slurm's resources; no run's identity
 

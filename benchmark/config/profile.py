@@ -26,6 +26,12 @@ from benchmark.config.validation import (ConfigError, Fraction, MethodName, Meth
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 SCHEDULE_CONFIG = ConfigDict(extra="forbid")  # a misspelt field is an error, not a silent default
 
+# Defaults of the Profile fields that the engine takes too (EngineSettings reads them from here).
+AUGMENT = True
+EVAL_BATCH_SIZE = 1000
+HERDING_BATCH_SIZE = 1000
+PRECISION = "fp32"
+
 
 def _increasing(milestones: tuple[int, ...]) -> tuple[int, ...]:
     if any(later <= earlier for earlier, later in zip(milestones, milestones[1:])):
@@ -59,12 +65,12 @@ class Profile:
         None, description="train on the first N images of every class; null: all of them")
     test_images_per_class: PositiveInt | None = Field(
         None, description="test on the first N images of every class; null: all of them")
-    augment: StrictBool = Field(True, description="pad-4 random crop, horizontal flip, brightness jitter")
-    eval_batch_size: PositiveInt = Field(1000, description="images per no-grad batch when evaluating")
+    augment: StrictBool = Field(AUGMENT, description="pad-4 random crop, horizontal flip, brightness jitter")
+    eval_batch_size: PositiveInt = Field(EVAL_BATCH_SIZE, description="images per no-grad batch when evaluating")
     herding_batch_size: PositiveInt = Field(
-        1000, description="images per no-grad batch when extracting features for exemplar selection")
+        HERDING_BATCH_SIZE, description="images per no-grad batch when extracting features for exemplar selection")
     precision: choice(lambda: PRECISIONS) = Field(
-        "fp32", description="fp32, or bf16 autocast of the backbones (CUDA only)")
+        PRECISION, description="fp32, or bf16 autocast of the backbones (CUDA only)")
     method_options: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="the profile's default options per method")
 

@@ -11,6 +11,7 @@ import zlib
 
 import pandas as pd
 
+from budgets.accounting import POLICIES
 from methods import METHODS
 
 KINDS = ("cnn", "nme")
@@ -19,7 +20,11 @@ KIND_NAMES = {"cnn": "CNN", "nme": "NME"}  # how printed tables and figures labe
 # CNN and NME of the same metric sit side by side in every table.
 ACCURACY_METRICS = [f"{kind}_{name}" for name in ("average_accuracy", "last_accuracy",
                                                   "forgetting") for kind in KINDS]
-SUMMARY_METRICS = ACCURACY_METRICS + ["paper_total_mb", "strict_total_mb", "wall_seconds"]
+# The memory a run ended with, under each counting policy of budgets.accounting ("paper", "strict").
+AUDITED_BYTES = [f"{policy}_total_bytes" for policy in POLICIES]
+AUDITED_MB = [f"{policy}_total_mb" for policy in POLICIES]
+AUDITED = [column for pair in zip(AUDITED_BYTES, AUDITED_MB) for column in pair]  # bytes, MB per policy
+SUMMARY_METRICS = ACCURACY_METRICS + [*AUDITED_MB, "wall_seconds"]
 EXPERIMENT_KEYS = ["dataset", "scenario", "policy"]  # one figure set / printed block per value
 CURVE_KEYS = EXPERIMENT_KEYS + ["method"]
 # budget_mb and point_label are keys too: seeds that disagree on them would be a planning bug, and
@@ -29,14 +34,14 @@ GROUP_KEYS = CURVE_KEYS + ["point", "point_label", "budget_mb"]
 RUN_COLUMNS = [
     "run_id", "status", "experiment", "method", "dataset", "scenario", "point", "point_label",
     "budget_mb", "budget_bytes", "seed", "backbone", "num_backbones", "exemplars", "model_params",
-    "policy", "planned_total_bytes", "planned_total_mb", "paper_total_bytes", "paper_total_mb",
-    "strict_total_bytes", "strict_total_mb", "tasks_completed", *ACCURACY_METRICS, "wall_seconds",
+    "policy", "planned_total_bytes", "planned_total_mb", *AUDITED, "tasks_completed", *ACCURACY_METRICS,
+    "wall_seconds",
     "git_sha", "git_dirty", "torch", "device", "python", "hostname", "error_type", "error_message",
 ]
 TASK_COLUMNS = [
     "run_id", "status", "method", "dataset", "scenario", "policy", "point", "point_label",
     "budget_mb", "seed", "task", "classes_seen", "cnn_accuracy", "nme_accuracy",
-    "exemplars_stored", "paper_total_bytes", "strict_total_bytes", "train_seconds", "eval_seconds",
+    "exemplars_stored", *AUDITED_BYTES, "train_seconds", "eval_seconds",
 ]
 SUMMARY_COLUMNS = [*GROUP_KEYS, "n_seeds",
                    *(f"{metric}_{stat}" for metric in SUMMARY_METRICS for stat in ("mean", "std"))]
@@ -49,9 +54,9 @@ CSV_COLUMNS = {"runs.csv": RUN_COLUMNS, "tasks.csv": TASK_COLUMNS,
 
 # Counts and byte sizes stay integers in the CSV ("1", not "1.0"), with empty cells for missing.
 INT_COLUMNS = ["point", "budget_bytes", "seed", "num_backbones", "exemplars", "model_params",
-               "planned_total_bytes", "paper_total_bytes", "strict_total_bytes", "tasks_completed",
+               "planned_total_bytes", *AUDITED_BYTES, "tasks_completed",
                "task", "classes_seen", "exemplars_stored", "n_seeds", "n_points"]
-FLOAT_COLUMNS = ["budget_mb", "planned_total_mb", "paper_total_mb", "strict_total_mb",
+FLOAT_COLUMNS = ["budget_mb", "planned_total_mb", *AUDITED_MB,
                  *ACCURACY_METRICS, "wall_seconds", "cnn_accuracy", "nme_accuracy",
                  "train_seconds", "eval_seconds"]
 

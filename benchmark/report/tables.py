@@ -18,7 +18,7 @@ from benchmark.report.columns import (ACCURACY_METRICS, AUC_COLUMNS, CURVE_KEYS,
                                RUN_COLUMNS, SUMMARY_COLUMNS, SUMMARY_METRICS, TASK_COLUMNS,
                                method_sort_key)
 from benchmark.records.metrics import accuracy_per_memory, area_under_curve
-from budgets.accounting import MB
+from budgets.accounting import MB, POLICIES
 
 # ------------------------------------------------------------------------------ rows
 
@@ -48,15 +48,15 @@ def _run_row(record: dict) -> dict:
     tasks = record.get("tasks") or []
     # The audit after the last recorded task is the memory the run actually ended with.
     final = tasks[-1] if tasks else {}
-    paper, strict = _task_total_bytes(final, "paper"), _task_total_bytes(final, "strict")
+    audited = {policy: _task_total_bytes(final, policy) for policy in POLICIES}
     row = _cell_columns(record) | {
         "experiment": record.get("experiment"), "budget_bytes": cell.get("budget_bytes"),
         "backbone": cell.get("backbone"), "num_backbones": cell.get("num_backbones"),
         "exemplars": cell.get("exemplars"), "model_params": cell.get("model_params"),
         "planned_total_bytes": cell.get("total_bytes"),
         "planned_total_mb": _mb(cell.get("total_bytes")),
-        "paper_total_bytes": paper, "paper_total_mb": _mb(paper),
-        "strict_total_bytes": strict, "strict_total_mb": _mb(strict),
+        **{f"{policy}_total_bytes": total for policy, total in audited.items()},
+        **{f"{policy}_total_mb": _mb(total) for policy, total in audited.items()},
         "tasks_completed": len(tasks), "wall_seconds": summary.get("wall_seconds"),
         "error_type": error.get("type") or "", "error_message": error.get("message") or "",
     }
@@ -72,8 +72,7 @@ def _task_rows(record: dict) -> list[dict]:
         row = _cell_columns(record) | {
             key: task.get(key) for key in ("task", "classes_seen", "cnn_accuracy", "nme_accuracy",
                                            "exemplars_stored", "train_seconds", "eval_seconds")}
-        row["paper_total_bytes"] = _task_total_bytes(task, "paper")
-        row["strict_total_bytes"] = _task_total_bytes(task, "strict")
+        row |= {f"{policy}_total_bytes": _task_total_bytes(task, policy) for policy in POLICIES}
         rows.append(row)
     return rows
 

@@ -1,13 +1,18 @@
 """The device check's section 1: every registered method's training step on the device.
 
 Each method stands at task 1 of CIFAR-100 B0Inc10 (timing.task_engine: network grown, teacher,
-exemplars), and takes real `Engine.train_epoch` steps, in fp32 and (on CUDA) in bf16. Checked:
+exemplars), and takes real `Engine.train_epoch` steps, in fp32 and (on CUDA) in bf16, fed by both
+data paths of a real run: the data set on the device (CIFAR) and the prefetching source of a folder
+data set (`prefetching`: the image cache's reader, one batch ahead on a thread). Checked:
 - placement: every parameter and buffer of the network and the teacher, the exemplars and the
   task's training set live on the engine's device (and a teacher / exemplars exist where the
   method keeps them, so the check is not vacuous);
 - no host synchronization inside a step: on CUDA the steps run under
-  torch.cuda.set_sync_debug_mode("error") from the first batch fetch until the loop asks for a
-  batch after the last one (so the epoch's one sync, the float of its loss sum, is outside);
+  torch.cuda.set_sync_debug_mode("error") (a process-wide mode, so the prefetching thread's reads
+  are under it too) from the first step until the loop asks for a batch after the last one. Two
+  syncs per epoch are outside, by design: at its start a prefetching source moves the epoch's order
+  to the host (`batches.prefetched`: the reads need host indices), at its end the float of the
+  loss sum;
 - the loss is finite;
 - under bf16 the backbone computes in bf16 and the heads (classifier, auxiliary, teacher's) in fp32,
   as seen by forward hooks during a real step; in fp32 everything is fp32.
@@ -16,13 +21,14 @@ from __future__ import annotations
 
 import math
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 import torch
 from torch import nn
 
-from benchmark.train.batches import BatchSource, select
+from benchmark.train.batches import BatchSource, CachedSource, select
 from benchmark.train.engine import Engine, RunData
 from benchmark.config.grid import Run
 from benchmark.tools.timing import task_engine
@@ -34,8 +40,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 class SyncGuardedSource(BatchSource):
-    """`source`, whose batch loop runs under CUDA's sync debug mode "error": any host
-    synchronization from the first batch fetch to the end of the last step raises."""
+    """`source`, whose batch loop runs under CUDA's sync debug mode "error" from the first batch's
+    arrival: any host synchronization in a step or in fetching a later batch (on the prefetching
+    thread too) raises. The epoch's start (for a prefetching source, the order moved to the host)
+    is outside; its reads of later batches are the same code, and those are inside."""
 
     def __init__(self, source: BatchSource) -> None:
         self.source, self.labels = source, source.labels
@@ -44,11 +52,29 @@ class SyncGuardedSource(BatchSource):
         return self.source.images(indices)
 
     def batches(self, order: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        batches = self.source.batches(order, batch_size)
+        first = next(batches, None)
+        if first is None:
+            return
         torch.cuda.set_sync_debug_mode("error")
         try:
-            yield from self.source.batches(order, batch_size)
+            yield first
+            yield from batches
         finally:  # the loop asked for a batch after the last (or failed): syncs are allowed again
             torch.cuda.set_sync_debug_mode("default")
+            batches.close()  # a prefetching source joins its reader thread
+
+
+def prefetching(data: RunData) -> RunData:
+    """`data` with the training images of tasks 0 and 1 read as a folder data set's are in a real
+    run: a uint8 host array in the image cache's layout [N, H, W, 3] (as its memory map), read by
+    `CachedSource` one batch ahead on a thread, into pinned memory on CUDA and onto the device
+    without blocking. The task's training set is then that source's new images plus the exemplars
+    on the device, as for ImageNet-100."""
+    train = data.train
+    rows = data.rows(train, 0, data.task_bounds[2])
+    images = train.images(rows).permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    return replace(data, train=CachedSource(images, train.labels[rows].cpu().numpy(), train.labels.device))
 
 
 def placement_problems(engine: Engine, method: Method, source: BatchSource) -> list[str]:
@@ -103,6 +129,15 @@ def random_batches(engine: Engine, source: BatchSource, steps: int, batch_size: 
 
 
 def step_problems(run: Run, data: RunData, precision: str, batch_size: int, steps: int) -> tuple[list[str], float]:
+    """(problems, mean loss of the checked steps on `data`'s own source) of `run`'s method at task 1
+    in `precision`, its steps fed from `data`'s source and from a prefetching one (`prefetching`)."""
+    problems, loss = source_problems(run, data, precision, batch_size, steps)
+    prefetched, _ = source_problems(run, prefetching(data), precision, batch_size, steps)
+    return problems + [f"prefetching source: {problem}" for problem in prefetched], loss
+
+
+def source_problems(run: Run, data: RunData, precision: str, batch_size: int,
+                    steps: int) -> tuple[list[str], float]:
     """(problems, mean loss of the checked steps) of `run`'s method at task 1 in `precision`."""
     engine, method = task_engine(run, data, 1, precision)
     task = data.task(1)

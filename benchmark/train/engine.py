@@ -12,13 +12,14 @@ from typing import Callable, Iterable, Literal
 
 import torch
 
-from budgets.accounting import count_memory
+from budgets.accounting import POLICIES, count_memory
 from methods import Method, Task
 from methods.exemplars import ExemplarMemory, herding_order, random_order
 
 from benchmark.train.batches import Augmentation, BatchSource, TensorSource, concat, select
 from benchmark.train.evaluation import Accuracy, accuracy, class_means, extract, nme_predict
 from benchmark.config.precision import precision_problem
+from benchmark.config import experiment, profile
 from benchmark.config.profile import Schedule
 
 Log = Callable[[str], None]
@@ -90,12 +91,13 @@ class DivergedError(RuntimeError):
 class EngineSettings:
     schedules: list[Schedule]          # one per task
     exemplars: int                     # exemplar budget E
-    selection: str = "herding"
-    augment: bool = True
-    eval_batch_size: int = 1000        # test and class-mean feature extraction
-    network_seed: int = 1
-    precision: str = "fp32"            # "bf16": autocast around the backbones (CUDA only)
-    herding_batch_size: int = 1000     # feature extraction for exemplar selection
+    # Defaults: the experiment file's and the profile's, declared there.
+    selection: str = experiment.EXEMPLAR_SELECTION
+    augment: bool = profile.AUGMENT
+    eval_batch_size: int = profile.EVAL_BATCH_SIZE        # test and class-mean feature extraction
+    network_seed: int = experiment.NETWORK_SEED
+    precision: str = profile.PRECISION                    # "bf16": autocast around the backbones (CUDA only)
+    herding_batch_size: int = profile.HERDING_BATCH_SIZE  # feature extraction for exemplar selection
 
 
 @dataclass
@@ -339,5 +341,5 @@ class Engine:
         """Bytes actually held after this task, under both counting policies."""
         stored = self.stored_images(task)
         network, teacher = self.method.network, self.method.teacher
-        return {"paper": count_memory(network, "paper", stored, self.data.image_shape).as_dict(),
-                "strict": count_memory(network, "strict", stored, self.data.image_shape, teacher).as_dict()}
+        return {policy: count_memory(network, policy, stored, self.data.image_shape, teacher).as_dict()
+                for policy in POLICIES}
