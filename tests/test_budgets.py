@@ -4,7 +4,7 @@ import copy
 import pytest
 import torch
 
-from budgets.accounting import MB, count_memory, exemplar_bytes, model_bytes
+from budgets.accounting import count_memory, exemplar_bytes, model_bytes
 from budgets.planner import BudgetError, PlanContext, fair_point, plan
 from methods import METHODS
 from methods.networks import build_network
@@ -12,7 +12,7 @@ from methods.networks import build_network
 CIFAR_FAMILY = ("conv2", "resnet14", "resnet20", "resnet26", "resnet32")
 B0INC10 = PlanContext(task_sizes=(10,) * 10, image_shape=(32, 32, 3), family=CIFAR_FAMILY,
                       benchmark="resnet32", train_images=50_000)
-ALL = ["finetune", "replay", "icarl", "wa", "der", "memo", "joint"]
+ALL = METHODS.names()
 
 # docs/protocol.md section 3a, CIFAR-100 B0Inc10: budget label -> exemplars of single nets, DER, MEMO
 PAPER_TABLE = {
@@ -61,11 +61,12 @@ def test_every_cell_fits_its_budget():
 
 def test_fair_budget_is_the_end_point():
     point = fair_point(B0INC10)
-    assert point.budget_bytes == 10 * 463_504 * 4 + 2000 * 3072
+    assert point.budget_bytes == 24_684_160  # ten resnet32 (463,504 parameters, 4 bytes) + 2,000 images of 3,072 bytes
     cells = cells_by(plan(["replay", "memo", "der"], "fair", B0INC10))
-    # docs/protocol.md section 3b: 2000 + floor((T-1) P 4 / 3072) and 2000 + floor((T P - (Pg + T Ps)) 4 / 3072)
-    assert cells["replay", 23.54].exemplars == 2000 + (9 * 463_504 * 4) // 3072
-    assert cells["memo", 23.54].exemplars == 2000 + ((10 * 463_504 - (112_016 + 10 * 351_488)) * 4) // 3072
+    # docs/protocol.md section 3b: 2000 + floor((T-1) P 4 / 3072) and 2000 + floor((T P - (Pg + T Ps)) 4 / 3072),
+    # worked out by hand; the paper's table has the same (PAPER_TABLE at 23.54)
+    assert cells["replay", 23.54].exemplars == 7431
+    assert cells["memo", 23.54].exemplars == 3312
 
 
 def test_budgets_in_megabytes_reproduce_the_curve_rule():
@@ -73,13 +74,14 @@ def test_budgets_in_megabytes_reproduce_the_curve_rule():
     assert cells["der", 12.42].backbone == "resnet14"
     assert cells["der", 16.13].backbone == "resnet20"
     assert cells["der", 7.63].backbone == "conv2"
-    assert cells["replay", 12.42].exemplars == (round(12.42 * MB) - 463_504 * 4) // 3072
+    # (12.42 MiB = 13,023,314 bytes - resnet32's 1,854,016) // 3,072 per image
+    assert cells["replay", 12.42].exemplars == 3635
 
 
 def test_joint_holds_all_training_data():
     (cell,) = plan(["joint"], "paper", B0INC10)
     assert cell.budget_bytes is None and cell.exemplars == 50_000
-    assert cell.exemplar_bytes == 50_000 * 3072
+    assert cell.exemplar_bytes == 153_600_000  # 50,000 images of 3,072 bytes
 
 
 def test_too_small_budget_names_method_budget_and_minimum():
@@ -109,22 +111,21 @@ def test_accounting_counts_live_modules():
     net = build_network("der", "resnet14")
     for _ in range(3):
         net.add_task(10)
-    assert model_bytes(net, "paper") == 3 * 171_856 * 4
-    buffers = sum(b.numel() * b.element_size() for b in net.buffers())
-    classifier = (3 * 64 * 30 + 30) * 4
-    assert model_bytes(net, "strict") == 3 * 171_856 * 4 + classifier + buffers
+    assert model_bytes(net, "paper") == 2_062_272  # three resnet14 backbones of 171,856 parameters, 4 bytes each
+    # strict adds the classifier ((3 x 64 x 30 + 30) x 4 = 23,160 bytes) and the BN buffers (3 x 3,816 bytes)
+    assert model_bytes(net, "strict") == 2_062_272 + 23_160 + 11_448
     teacher = copy.deepcopy(net)
     assert model_bytes(net, "strict", teacher) == 2 * model_bytes(net, "strict")
     count = count_memory(net, "paper", 100, (32, 32, 3))
     assert count.exemplar_bytes == exemplar_bytes(100, (32, 32, 3)) == 307_200
-    assert count.total_bytes == 3 * 171_856 * 4 + 307_200
+    assert count.total_bytes == 2_062_272 + 307_200
 
 
 def test_memo_network_shares_the_generalized_block():
     net = build_network("memo", "resnet32")
     for _ in range(10):
         net.add_task(10)
-    assert model_bytes(net, "paper") == (112_016 + 10 * 351_488) * 4
+    assert model_bytes(net, "paper") == 14_507_584  # (112,016 generalized + 10 x 351,488 specialized) x 4
     assert net(torch.randn(2, 3, 32, 32))["logits"].shape == (2, 100)
 
 
@@ -133,7 +134,7 @@ def test_imagenet_budgets_use_imagenet_image_size():
                       family=("conv4", "resnet10", "resnet18"), benchmark="resnet18", train_images=130_000)
     cells = cells_by(plan(["replay", "der"], "fair", ctx))
     replay = next(c for (m, _), c in cells.items() if m == "replay")
-    assert replay.exemplars == 2000 + (10 * 11_176_512 * 4) // 150_528
+    assert replay.exemplars == 4969  # 2000 + (10 x 11,176,512 x 4) // 150,528 (a 224 x 224 x 3 image)
 
 
 def test_default_bench_puts_model_memory_against_exemplars():
