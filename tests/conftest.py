@@ -144,3 +144,10 @@ def children(pid: int) -> list[int]:
         if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
             found.append(int(stat.parent.name))
     return found
+
+
+# -- the shipped configuration files (pinned: a file added or lost fails tests/test_schema.py) ---------
+EXPERIMENT_DIR = REPO / "benchmark" / "config" / "experiments"
+PROFILE_DIR = REPO / "benchmark" / "config" / "profiles"
+SHIPPED_EXPERIMENTS = ["cifar100_b0inc10_paper.yaml", "cifar100_b0inc20_cpu.yaml"]
+SHIPPED_PROFILES = ["cpu.yaml", "paper.yaml"]

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from benchmark.config.experiment import ExperimentFile, experiment_schema, read_yaml
-from benchmark.config.profile import Profile, ProfileFile, Schedule, ScheduleOverride, TrainingOverride
+from benchmark.config.profile import Profile, ProfileFile, Schedule, ScheduleOverride, TrainingOverride, get_profile
+from conftest import EXPERIMENT_DIR, PROFILE_DIR, SHIPPED_EXPERIMENTS, SHIPPED_PROFILES
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "benchmark" / "config" / "schema.json"
@@ -48,9 +49,17 @@ def test_training_section_mirrors_the_profile():
         assert TrainingOverride.model_fields[name].description == Profile.__pydantic_fields__[name].description
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "benchmark" / "config" / "experiments").glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_experiments_satisfy_the_schema(path):
-    jsonschema.Draft202012Validator(experiment_schema()).validate(read_yaml(path))
+def test_the_shipped_files_are_the_known_ones():
+    """The parametrized tests below run over these lists: a folder read empty cannot pass them."""
+    assert sorted(path.name for path in EXPERIMENT_DIR.glob("*.yaml")) == SHIPPED_EXPERIMENTS
+    assert sorted(path.name for path in PROFILE_DIR.glob("*.yaml")) == SHIPPED_PROFILES
+
+
+@pytest.mark.parametrize("name", SHIPPED_EXPERIMENTS)
+def test_shipped_experiments_satisfy_the_schema(name):
+    raw = read_yaml(EXPERIMENT_DIR / name)
+    assert raw["name"] == name.removesuffix(".yaml")
+    jsonschema.Draft202012Validator(experiment_schema()).validate(raw)
 
 
 @pytest.mark.parametrize("bad", [
@@ -66,9 +75,12 @@ def test_schema_rejects_what_the_validator_rejects(bad):
     assert not validator.is_valid({**good, **bad})
 
 
-def test_profile_files_load():
-    for path in sorted((REPO / "benchmark" / "config" / "profiles").glob("*.yaml")):
-        ProfileFile.model_validate(yaml.safe_load(path.read_text()))
+@pytest.mark.parametrize("name", SHIPPED_PROFILES)
+def test_profile_files_load(name):
+    spec = ProfileFile.model_validate(yaml.safe_load((PROFILE_DIR / name).read_text()))
+    assert spec.description
+    profile = get_profile(name.removesuffix(".yaml"))
+    assert profile.name == name.removesuffix(".yaml") and profile.first_task.epochs >= 1
 
 
 # -- the package's metadata ---------------------------------------------------------------------
