@@ -19,7 +19,10 @@ from methods.losses import align_weights, auxiliary_targets, distillation_loss, 
 from methods.networks import DERNet, MEMONet, SingleNet, build_network
 
 TINY = "resnet8_half"  # 8/16/32 channels: cheap to build and run
-ALL_METHODS = {"finetune", "replay", "icarl", "wa", "der", "memo", "joint"}
+# The one pinned list of the methods. Every other test takes the methods from the registry
+# (METHODS.names()); this list fails test_every_method_registered_once_under_its_name when a method
+# is added, so that it comes with its own tests here.
+PINNED_METHODS = ["der", "finetune", "icarl", "joint", "memo", "replay", "wa"]
 
 
 def unit(degrees: float, length: float = 1.0) -> list[float]:
@@ -492,7 +495,7 @@ def test_distillation_weighting(name):
 def test_first_task_loss_is_plain_cross_entropy_for_every_method():
     images, labels = batch(6, 0, 3)
     t0 = tasks(3, 2)[0]
-    for name in sorted(ALL_METHODS):
+    for name in METHODS.names():
         method = make(name)
         method.before_task(t0)
         method.network.eval()
@@ -542,7 +545,7 @@ def test_first_task_state_loads_into_every_method_network():
     images, _ = batch(3)
     single.network.eval()
     reference = single.network(images)["logits"]
-    for name in sorted(ALL_METHODS):
+    for name in METHODS.names():
         torch.manual_seed(7)
         method = METHODS.get(name)(TINY, METHODS.get(name).resolve_options({}, base_classes=0))
         method.before_task(Task(0, 0, 4, 2))
@@ -555,7 +558,7 @@ def test_first_task_state_loads_into_every_method_network():
 def test_every_method_registered_once_under_its_name():
     names = METHODS.names()
     assert len(names) == len(set(names))
-    assert set(names) == ALL_METHODS
+    assert sorted(names) == PINNED_METHODS
     for name in names:
         cls = METHODS.get(name)
         assert issubclass(cls, Method) and cls.name == name
