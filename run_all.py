@@ -163,7 +163,7 @@ def failure_lines(failures: list[Failure], experiment_dir: Path) -> list[str]:
     for failure in failures:
         run, folder = failure.run, experiment_dir / "runs" / failure.run.run_id
         budget = ", ".join(dict.fromkeys(str(cell.point_label) for cell in run.cells))
-        message = (failure.message.splitlines() or [""])[0][:160]
+        message = (failure.message.splitlines() or [""])[0][:400]  # room for a path and its fix
         lines.append(f"  {run.run_id}  {run.method}  budget {budget}  {failure.error_type}: {message}\n"
                      f"      log {folder / 'log.txt'}  record {folder / 'record.json'}")
     return lines

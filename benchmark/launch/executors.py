@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.launch.devices import Slot
+from benchmark.records.space import describe
 
 CRASH = "WorkerCrashedError"   # error type of a job whose process died (killed, out of memory, segfault)
 WATCH_SECONDS = 0.5            # how often a worker checks that its driver is alive
@@ -81,8 +82,9 @@ def call_job(job: Job, device: str, threads: int) -> Outcome:
     try:
         value = job.fn(**job.kwargs, device=device, threads=threads)
     except Exception as error:  # noqa: BLE001 -- any failure of one job is that job's result
-        return Outcome(error_type=type(error).__name__, message=str(error), traceback=traceback.format_exc(),
-                       replace_worker=type(error).__name__ == "AcceleratorError")
+        where = job.kwargs.get("experiment_dir") or job.kwargs.get("results_root")  # a full disk: which one
+        return Outcome(error_type=type(error).__name__, message=describe(error, where),
+                       traceback=traceback.format_exc(), replace_worker=type(error).__name__ == "AcceleratorError")
     return Outcome(value=value, replace_worker=context_broken(value))
 
 

@@ -32,6 +32,7 @@ from benchmark.launch import locks
 from benchmark.launch.progress import Progress
 from benchmark.launch.resume import Failure
 from benchmark.launch.executors import Job, Outcome
+from benchmark.records.space import describe
 
 if TYPE_CHECKING:
     from benchmark.config.grid import Run
@@ -232,7 +233,7 @@ class Sweep:
             write_json_atomic(record_path(self.experiment_dir, run.run_id), record)
         except Exception as error:  # noqa: BLE001 -- reported; the run stays without a record and reruns
             self.progress.write(f"warning: the record of run {run.run_id} could not be written here: "
-                                f"{type(error).__name__}: {error}")
+                                f"{type(error).__name__}: {describe(error, self.experiment_dir)}")
 
     def _write_failure(self, run: Run, error_type: str, message: str, traceback_text: str) -> None:
         with locks.try_lock(locks.run_lock_path(self.experiment_dir, run.run_id)) as taken:
@@ -242,7 +243,7 @@ class Sweep:
                 self.runner.write_failed_record(run, self.experiment_dir, error_type, message, traceback_text)
             except Exception as error:  # noqa: BLE001 -- reported; the run stays without a record and reruns
                 self.progress.write(f"warning: the failure of run {run.run_id} ({error_type}) could not be "
-                                    f"recorded: {type(error).__name__}: {error}")
+                                    f"recorded: {type(error).__name__}: {describe(error, self.experiment_dir)}")
 
 
 def _outcome(future: Future) -> Outcome:

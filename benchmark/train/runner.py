@@ -19,7 +19,7 @@ import torch
 from budgets.accounting import MB
 from methods import METHODS
 
-from benchmark.records import metrics
+from benchmark.records import metrics, space
 from benchmark.train import checkpoints
 from benchmark.train.batches import Augmentation, source_of
 from benchmark.data import DATASETS, Scenario, class_order, incremental_labels, load_dataset, per_class_subset
@@ -158,7 +158,8 @@ def execute_run(run: Run, experiment_dir: Path, results_root: Path, device: str,
             record = build_record(run, "complete", progress.results, device, progress.wall_seconds(), speed=progress.speed)
         except Exception as error:  # recorded, so the grid goes on; KeyboardInterrupt is not caught
             log(traceback.format_exc())
-            record = build_record(run, "failed", progress.results, device, progress.wall_seconds(), error, progress.speed)
+            record = build_record(run, "failed", progress.results, device, progress.wall_seconds(), error, progress.speed,
+                                  where=folder)
     # Only now has the traceback (and the tensors its frames held) gone: the cache can really shrink.
     if record["error"] and record["error"]["type"] == "OutOfMemoryError" and torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -242,7 +243,8 @@ def summarize(results: list[TaskResult]) -> dict[str, float]:
 
 
 def build_record(run: Run, status: str, results: list[TaskResult], device: str, wall_seconds: float,
-                 error: BaseException | None = None, speed: dict[str, Any] | None = None) -> dict:
+                 error: BaseException | None = None, speed: dict[str, Any] | None = None,
+                 where: Path | None = None) -> dict:
     summary = {**summarize(results), "wall_seconds": wall_seconds} if status == "complete" else None
     return {
         "run_id": run.run_id, "status": status, "experiment": run.experiment,
@@ -251,13 +253,13 @@ def build_record(run: Run, status: str, results: list[TaskResult], device: str, 
         "origin": origin(device, speed),
         "tasks": [r.as_record() for r in results],
         "summary": summary,
-        "error": None if error is None else error_entry(error, device),
+        "error": None if error is None else error_entry(error, device, where),
     }
 
 
-def error_entry(error: BaseException, device: str) -> dict:
+def error_entry(error: BaseException, device: str, where: Path | None = None) -> dict:
     """The record's account of `error`; out-of-memory errors carry the device's memory figures."""
-    message = str(error)
+    message = space.describe(error, where)  # a full disk: said with the path (`where`, the run's folder) and the fix
     if isinstance(error, torch.cuda.OutOfMemoryError):
         message = f"{message} [{cuda_memory_text(device)}]"
     return {"type": type(error).__name__, "message": message,
