@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from budgets.planner import ANCHOR_EXEMPLARS
 from methods import METHODS, Method
 from methods.backbones import build_backbone
 
@@ -33,7 +34,6 @@ from benchmark.config.grid import Run, expand
 from benchmark.train.runner import engine_settings, new_engine
 
 METHOD_NAMES = tuple(METHODS.names())
-EXEMPLARS = 2000            # the MEMO paper's smallest CIFAR-100 budget
 PEAK_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -160,7 +160,7 @@ def speed_experiment() -> list[Run]:
 
 def method_run(runs: list[Run], method: str, backbone: str) -> Run:
     run = next(r for r in runs if r.method == method)
-    exemplars = EXEMPLARS if METHODS.get(method).uses_exemplars else 0
+    exemplars = ANCHOR_EXEMPLARS if METHODS.get(method).uses_exemplars else 0  # the paper's smallest budget
     return replace(run, backbone=backbone, exemplars=exemplars)
 
 
