@@ -8,9 +8,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import os
+import shutil
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +35,33 @@ PLAN_COLUMNS = ["method", "seed", "budget_mb", "backbone", "model_params", "exem
                 "exemplar_bytes", "total_bytes", "policy", "scenario", "point", "point_label",
                 "num_backbones", "budget_bytes", "total_mb", "run_id"]
 INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}   # exit codes: 128 + the signal number
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)   # a full disk, or the user's quota on it is used up
+
+
+class DiskFull(Exception):
+    """A write of this process (grid, locks, records, report) that found no space: where, and how much is left."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        super().__init__(f"no space left to write {path} ({error.strerror}; {_free_space(path)} free on its disk)")
+
+
+@contextlib.contextmanager
+def naming_a_full_disk(path: Path) -> Iterator[None]:
+    """A full disk's OSError as DiskFull naming the file (or else `path`: a failed write() names none)."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in NO_SPACE:
+            raise
+        raise DiskFull(Path(error.filename) if error.filename else path, error) from None
+
+
+def _free_space(path: Path) -> str:
+    folder = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    try:
+        return f"{shutil.disk_usage(folder).free / 2 ** 20:,.1f} MB"
+    except OSError:
+        return "unknown"
 
 
 def plan_command(args: argparse.Namespace) -> int:
@@ -106,7 +137,8 @@ def _run(args: argparse.Namespace) -> int:
         return _print_dry_run(resume.to_run, runner, where)
     _write_grid(target)
     try:
-        summary = _execute(args, target, resume.to_run, runner, where) if resume.to_run else sweep.Summary()
+        with naming_a_full_disk(target.experiment_dir):  # locks, and records that travel back through Ray
+            summary = _execute(args, target, resume.to_run, runner, where) if resume.to_run else sweep.Summary()
     except DispatchError as error:  # the executor could not start: nothing ran
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -125,8 +157,9 @@ def _write_grid(target: Target) -> None:
     from benchmark.files import write_json_atomic
     from benchmark.report.writer import GRID_FILE
 
-    write_json_atomic(target.experiment_dir / GRID_FILE,
-                      {"experiment": target.experiment.name, "cells": plan_rows(target.runs)})
+    with naming_a_full_disk(target.experiment_dir / GRID_FILE):
+        write_json_atomic(target.experiment_dir / GRID_FILE,
+                          {"experiment": target.experiment.name, "cells": plan_rows(target.runs)})
 
 
 def _execute(args: argparse.Namespace, target: Target, runs: list[Run], runner: Runner, where: str) -> Summary:
@@ -195,7 +228,8 @@ def report_command(args: argparse.Namespace) -> int:
 def _report(experiment_dir: Path) -> None:
     from benchmark.report.writer import write_report  # late: plotting libraries load only when reporting
 
-    paths = write_report(experiment_dir)
+    with naming_a_full_disk(experiment_dir):
+        paths = write_report(experiment_dir)
     if paths:
         print("\nwritten:\n" + "\n".join(f"  {path}" for path in paths.values()))
 
@@ -259,6 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, BudgetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except DiskFull as full:
+        print(f"\nerror: {full}. Nothing finished is lost (records and models are written whole or not at "
+              "all): free some space, or give --results on another disk, then run the same command again; it "
+              "goes on from what is written.", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

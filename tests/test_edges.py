@@ -2,6 +2,10 @@
 problem, the place and the fix, and never a Python traceback (issue 11, section 6)."""
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -9,6 +13,7 @@ import yaml
 from conftest import tiny_experiment, write_experiment
 
 import run_all
+from benchmark.launch.devices import worker_problems
 from benchmark.config.experiment import ConfigError, load_experiment, parse_experiment
 
 
@@ -168,3 +173,89 @@ def test_run_dry_run_refuses_a_budget_past_the_data(tmp_path, capsys, cifar_root
     assert code == 2 and "error: nothing was run; fix these first:" in err
     assert "budgets: B0Inc50: budget 500.00 MB (500MB) leaves every method room" in err and "Traceback" not in err
     assert not (tmp_path / "results").exists()
+
+
+# -- the command line: results folder, workers, a full disk --------------------------------------
+def run_cli(capsys, path: Path, results: Path, data_root: Path, *options: str) -> tuple[int, str]:
+    code = run_all.main(["run", str(path), "--results", str(results), "--data-root", str(data_root),
+                         "--gpus", "cpu", *options])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+    return code, captured.err
+
+
+@pytest.mark.parametrize("below, options", [("", ()), ("sub/folder", ("--dry-run",))])
+def test_results_that_is_a_file_is_refused_before_anything_runs(tmp_path, capsys, cifar_root, below, options):
+    results = tmp_path / "results.txt"
+    results.write_text("not a folder")
+    code, err = run_cli(capsys, write_experiment(tmp_path, tiny_experiment()), results / below, cifar_root,
+                        *options)
+    assert code == 2 and "error: nothing was run; fix these first:" in err
+    assert (f"--results {results / below}: {results} is a file, not a folder; give a folder you can write, "
+            "or a path where one can be made (e.g. --results results)") in err
+    assert results.read_text() == "not a folder"
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux's /proc, where no folder can be made")
+def test_results_that_cannot_be_created_is_refused(tmp_path, capsys, cifar_root):
+    code, err = run_cli(capsys, write_experiment(tmp_path, tiny_experiment()), Path("/proc/cil-results"),
+                        cifar_root, "--dry-run")
+    assert code == 2 and "--results /proc/cil-results: cannot write in /proc: " in err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder anyway")
+def test_a_read_only_results_folder_is_refused(tmp_path, capsys, cifar_root):
+    results = tmp_path / "results"
+    results.mkdir(mode=0o555)
+    code, err = run_cli(capsys, write_experiment(tmp_path, tiny_experiment()), results, cifar_root, "--dry-run")
+    assert code == 2 and f"--results {results}: cannot write in {results}: Permission denied" in err
+
+
+def test_more_workers_than_cores_are_refused(tmp_path, capsys, cifar_root):
+    cores = os.cpu_count()
+    code, err = run_cli(capsys, write_experiment(tmp_path, tiny_experiment()), tmp_path / "results", cifar_root,
+                        "--workers", str(cores + 1), "--dry-run")
+    assert code == 2
+    assert (f"--workers {cores + 1}: this machine has {cores} cores, and each worker needs one (more only take "
+            f"turns, each holding its own data set); use at most {cores}") in err
+    assert worker_problems(2, 2) == [] and worker_problems(1000, 1) == [
+        "--workers 1000: this machine has 1 core, and each worker needs one (more only take turns, each holding "
+        "its own data set); use at most 1"]
+
+
+def test_a_disk_full_at_the_grid_names_the_file_and_that_the_run_resumes(tmp_path, capsys, cifar_root,
+                                                                         monkeypatch):
+    """The disk is faked (its fsync reports ENOSPC, as delayed allocation does); the writer is the real one."""
+    def full(descriptor):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    results = tmp_path / "results"
+    code, err = run_cli(capsys, write_experiment(tmp_path, tiny_experiment()), results, cifar_root)
+    assert code == 1
+    assert f"error: no space left to write {results / 'tiny' / 'grid.json'} (No space left on device; " in err
+    assert "then run the same command again; it goes on from what is written." in err
+    assert list((results / "tiny").iterdir()) == []  # no temporary file left, nothing ran
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A real 64 KB file system, filled up (needs the right to mount a tmpfs)."""
+    mount = tmp_path / "full"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN)")
+    try:
+        with open(mount / "filler", "wb") as filler, contextlib.suppress(OSError):
+            filler.write(b"\0" * 128 * 1024)
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_really_full_disk_names_the_file(tmp_path, capsys, cifar_root, full_disk):
+    code, err = run_cli(capsys, write_experiment(tmp_path, tiny_experiment()), full_disk, cifar_root)
+    assert code == 1
+    assert f"error: no space left to write {full_disk / 'tiny' / 'grid.json'} (No space left on device; " \
+           "0.0 MB free on its disk)" in err

@@ -168,7 +168,19 @@ def check_devices(gpus_text: str | None, runs_per_gpu: int, workers: int | None,
     if gpus and workers is not None:
         problems.append(f"--workers {workers}: sets the number of CPU runs; with GPUs use --runs-per-gpu "
                         "(or --gpus cpu to run on the CPU)")
+    elif workers is not None:
+        problems += worker_problems(workers, os.cpu_count() or 1)
     return gpus, problems
+
+
+def worker_problems(workers: int, cores: int) -> list[str]:
+    """More CPU workers than cores is refused, not capped: each worker takes at least one thread
+    (worker_slots), so the extra ones only take turns on the cores while each holds its own copy of
+    the data set; and a cap would run something other than what the command says."""
+    if workers <= cores:
+        return []
+    return [f"--workers {workers}: this machine has {cores} core{'s' if cores != 1 else ''}, and each worker "
+            f"needs one (more only take turns, each holding its own data set); use at most {cores}"]
 
 
 def address_problems(address: str, timeout: float = 3.0) -> list[str]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,7 +54,7 @@ def check_run_request(args: argparse.Namespace) -> tuple[Target | None, list[str
         runs, grid_problems = _grid(experiment, device_type)
         problems += type_problems + grid_problems
     experiment_dir = Path(args.results) / (experiment.name if experiment else "")
-    problems += run_folder_problems([run.run_id for run in runs], experiment_dir)
+    problems += run_folder_problems([run.run_id for run in runs], experiment_dir, Path(args.results))
     if problems:
         return None, problems
     return Target(experiment, runs, experiment_dir, gpus), []
@@ -87,11 +89,24 @@ def _grid(experiment: Experiment, device_type: str) -> tuple[list[Run], list[str
     return runs, precision_problems(runs, device_type)
 
 
-def run_folder_problems(run_ids: list[str], experiment_dir: Path) -> list[str]:
-    """Run folders that would land outside the experiment folder (ids are hex hashes; check anyway)."""
+def run_folder_problems(run_ids: list[str], experiment_dir: Path, results: Path | None = None) -> list[str]:
+    """Why the records cannot be written under `experiment_dir` (in `results`, the --results root): a
+    file where a folder must be, a folder that cannot be written (tried with a folder made and removed
+    in the nearest existing one, so a dry run leaves nothing), or run folders that would land outside
+    it (ids are hex hashes; checked anyway)."""
     root = experiment_dir.resolve()
-    return [f"run {run_id!r} would write outside {root}" for run_id in run_ids
-            if not (root / "runs" / run_id).resolve().is_relative_to(root)]
+    problems = [f"run {run_id!r} would write outside {root}" for run_id in run_ids
+                if not (root / "runs" / run_id).resolve().is_relative_to(root)]
+    option = f"--results {results}: " if results is not None else ""
+    fix = "give a folder you can write, or a path where one can be made (e.g. --results results)"
+    existing = next(folder for folder in (root, *root.parents) if folder.exists())
+    if not existing.is_dir():
+        return problems + [f"{option}{existing} is a file, not a folder; {fix}"]
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".write-check-", dir=existing))
+    except OSError as error:
+        problems.append(f"{option}cannot write in {existing}: {error.strerror}; {fix}")
+    return problems
 
 
 def data_problems(dataset: str, data_root: str, download: bool) -> list[str]:
