@@ -15,7 +15,7 @@ from torch import nn
 from benchmark.train import runner
 from benchmark.train.batches import Augmentation, TensorSource
 from benchmark.config.experiment import parse_experiment
-from benchmark.train.engine import DivergedError, Engine, EngineSettings, RunData
+from benchmark.train.engine import DivergedError, Engine, EngineSettings, RunData, uses_autocast
 from benchmark.config.grid import expand, precision_problems
 from benchmark.config.precision import precision_problem
 from benchmark.config.profile import Schedule
@@ -153,6 +153,9 @@ def test_channels_last_weights_and_speed_settings():
 
 
 def test_autocast_is_on_for_bf16_on_cuda_only():
+    assert uses_autocast("bf16", torch.device("cuda")) and uses_autocast("bf16", torch.device("cuda", 1))
+    assert not uses_autocast("fp32", torch.device("cuda")) and not uses_autocast("bf16", torch.device("cpu"))
+    assert not uses_autocast("fp32", torch.device("cpu"))
     data = tiny_data()
     assert Engine(Replay("conv2_half"), data, EngineSettings([SCHEDULE, SCHEDULE], 4)).autocast is False
     # bf16 on the CPU never gets as far as an engine (test_bf16_on_the_cpu_is_refused_with_the_fix).
