@@ -124,6 +124,16 @@ def test_an_absurd_budget_is_refused_by_the_schema(tmp_path, capsys):
     assert parse_experiment(tiny_experiment(methods=["finetune"], budgets=[1_000_000])).budgets == (1_000_000,)
 
 
+
+def test_a_number_that_yaml_reads_as_text_is_explained(tmp_path, capsys):
+    path = tmp_path / "text.yaml"
+    path.write_text("name: text\ndataset: cifar100\nscenario: B0Inc50\nmethods: [finetune]\nbudgets: [1e30, 8]\n"
+                    "seeds: [1993]\nprofile: cpu\n")
+    code, err = plan(capsys, path)
+    assert code == 2 and ("budgets: ['1e30', 8]: use paper, fair, or a non-empty list of positive, finite budgets in "
+                          "MB of at most 1,000,000, e.g. [8, 12, 16]; YAML reads 1e30 as text: write a number with "
+                          "a dot, e.g. 1.0e+3") in err
+
 # -- plans that hold more exemplars than the data set has images ---------------------------------
 def test_an_anchor_above_the_training_images_is_refused(tmp_path, capsys):
     """cpu profile: 50 training images per class x 100 classes = 5,000 images."""

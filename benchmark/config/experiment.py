@@ -83,7 +83,21 @@ def _explain_budgets(value: Any, handler: Any) -> Any:
         return handler(value)
     except ValidationError:
         raise ValueError(f"{value!r}: use {', '.join(BUDGET_MODES)}, or a non-empty list of positive, finite budgets "
-                         f"in MB of at most {MAX_BUDGET_MB:,}, e.g. [8, 12, 16]") from None
+                         f"in MB of at most {MAX_BUDGET_MB:,}, e.g. [8, 12, 16]{_number_as_text(value)}") from None
+
+
+def _number_as_text(value: Any) -> str:
+    """A hint for YAML 1.1's trap: 1e3 (no dot) is read as the text '1e3', 1.0e+3 as a number."""
+    texts = [item for item in value if isinstance(item, str) and _is_number(item)] if isinstance(value, list) else []
+    return f"; YAML reads {', '.join(texts)} as text: write a number with a dot, e.g. 1.0e+3" if texts else ""
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _distinct_budgets(value: Any) -> Any:
