@@ -23,19 +23,17 @@ from benchmark.config.experiment import parse_experiment
 from benchmark.config.grid import expand
 from benchmark.records.store import record_path, run_dir
 from benchmark.train.runner import execute_run
+from conftest import tiny_experiment
+from methods import METHODS
 
 REPO = Path(__file__).resolve().parents[1]
-EXEMPLAR_METHODS = ["replay", "icarl", "wa", "der", "memo"]
+EXEMPLAR_METHODS = [name for name in METHODS.names() if METHODS.get(name).uses_exemplars]
 THREADS = 1
 SGD = {"lr": 0.1, "lr_decay": 0.1, "momentum": 0.9, "milestones": []}
-RAW = {
-    "name": "checkpoints", "dataset": "cifar100", "scenario": "B0Inc25", "methods": EXEMPLAR_METHODS,
-    "budgets": [0.75], "seeds": [1993], "profile": "cpu",
-    "family": ["conv2_half", "resnet8_half"], "benchmark_backbone": "conv2_half", "anchor_exemplars": 200,
-    "training": {"images_per_class": 5, "test_images_per_class": 2, "augment": True,
-                 "first_task": {"epochs": 1, "batch_size": 32, **SGD, "weight_decay": 5e-4},
-                 "later_tasks": {"all": {"epochs": 1, "batch_size": 32, **SGD, "weight_decay": 2e-4}}},
-}
+RAW = tiny_experiment("checkpoints", EXEMPLAR_METHODS, [0.75], scenario="B0Inc25", training={
+    "images_per_class": 5, "test_images_per_class": 2, "augment": True,
+    "first_task": {"epochs": 1, "batch_size": 32, **SGD, "weight_decay": 5e-4},
+    "later_tasks": {"all": {"epochs": 1, "batch_size": 32, **SGD, "weight_decay": 2e-4}}})
 STOP_AFTER = 2          # tasks finished before the in-process stop
 KILL_METHOD, KILL_AFTER = "der", 3
 
