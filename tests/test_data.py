@@ -33,9 +33,10 @@ def test_specs_sizes():
     assert dataset_spec("cifar100").image_bytes == 32 * 32 * 3
     assert dataset_spec("imagenet100").image_bytes == 224 * 224 * 3
     assert dataset_spec("CIFAR10").num_classes == 10
-    facts = {name: (spec.title, spec.per_class("train"), spec.per_class("test")) for name, spec in DATASETS.items()}
-    assert facts == {"cifar100": ("CIFAR-100", 500, 100), "cifar10": ("CIFAR-10", 5000, 1000),
-                     "imagenet100": ("ImageNet-100", 1300, 50)}
+    facts = {name: (spec.title, spec.loader, spec.per_class("train"), spec.per_class("test"))
+             for name, spec in DATASETS.items()}
+    assert facts == {"cifar100": ("CIFAR-100", "cifar", 500, 100), "cifar10": ("CIFAR-10", "cifar", 5000, 1000),
+                     "imagenet100": ("ImageNet-100", "folders", 1300, 50)}
     assert dataset_spec("cifar100").per_class("test", limit=20) == 20  # a profile's reduced count wins
     assert dataset_spec("cifar10").label == "CIFAR-10 ('cifar10')"
 
@@ -45,6 +46,8 @@ def test_a_spec_without_a_test_count_says_where_to_set_it():
     assert spec.label == "data set 'flowers4'" and spec.per_class("train") == 1300
     with pytest.raises(ValueError, match="data set 'flowers4': .* test images .* set test_per_class"):
         spec.per_class("test")
+    with pytest.raises(ValueError, match="unknown loader 'cifarr'; use one of cifar, folders"):
+        replace(spec, loader="cifarr")
 
 
 def test_unknown_spec_lists_names():

@@ -22,7 +22,7 @@ __all__ = [
 def load_dataset(name: str, root: str | Path, download: bool = True) -> Dataset:
     """Load `name` from `root` or `root/<name>`; DataError (with the fix) when it is missing or malformed."""
     spec = dataset_spec(name)
-    if spec.name.startswith("cifar"):
+    if spec.loader == "cifar":
         return load_cifar(spec, root, download)
     return load_imagenet(spec, root, download)
 
@@ -30,6 +30,6 @@ def load_dataset(name: str, root: str | Path, download: bool = True) -> Dataset:
 def find_dataset_dir(name: str, root: str | Path) -> Path:
     """The folder that holds `name` under the resolution rules of load_dataset; DataError if none."""
     spec = dataset_spec(name)
-    if spec.name.startswith("cifar"):
+    if spec.loader == "cifar":
         return find_cifar_dir(spec, root)
     return find_imagenet_dir(spec, root)

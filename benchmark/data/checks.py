@@ -27,7 +27,7 @@ def check_dataset(name: str, root: str | Path, download: bool = False) -> Path:
     per-image problems surface when a run reads them.
     """
     spec = dataset_spec(name)
-    if spec.name in cifar.TORCHVISION:
+    if spec.loader == "cifar":
         return _check_cifar(spec, root, download)
     return find_imagenet_dir(spec, root)
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
+LOADERS = ("cifar", "folders")
+
 
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -19,6 +21,11 @@ class DatasetSpec:
     train_per_class: int  # nominal; ImageNet classes vary around this
     test_per_class: int | None = None  # None: not stated (a folder data set's split decides)
     title: str = ""  # how messages name it ("CIFAR-100"); "": its name
+    loader: str = "folders"  # "cifar": arrays or the torchvision download; "folders": class folders (ImageNet's layout)
+
+    def __post_init__(self) -> None:
+        if self.loader not in LOADERS:
+            raise ValueError(f"{self.label}: unknown loader {self.loader!r}; use one of {', '.join(LOADERS)}")
 
     @property
     def image_bytes(self) -> int:
@@ -57,9 +64,9 @@ DATASETS: dict[str, DatasetSpec] = {
     for spec in (
         # CIFAR: the official splits' counts, which the loader checks class by class.
         DatasetSpec("cifar100", 100, (32, 32, 3), (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761), 500, 100,
-                    title="CIFAR-100"),
+                    title="CIFAR-100", loader="cifar"),
         DatasetSpec("cifar10", 10, (32, 32, 3), (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), 5000, 1000,
-                    title="CIFAR-10"),
+                    title="CIFAR-10", loader="cifar"),
         # ImageNet-100 images are read as a 224x224 centre crop (see FolderImageSet); the 50 per class
         # are ILSVRC-2012's validation images, its test split here.
         DatasetSpec("imagenet100", 100, (224, 224, 3), _IMAGENET_MEAN, _IMAGENET_STD, 1300, 50,
