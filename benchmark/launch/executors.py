@@ -25,7 +25,9 @@ The executor protocol, all that benchmark.launch.sweep uses (a new executor impl
 - LocalExecutor ("local", alias "joblib"): per device slot, a loky pool (joblib's) of one worker,
   started with the slot's environment, kept across jobs (a CPU worker loads the data set once),
   replaced after its worker dies. Workers get the driver's sys.path from loky (no PYTHONPATH),
-  exit when the driver dies, even kill -9'd, and log to results/<experiment>/workers/.
+  exit when the driver dies, even kill -9'd, and log to results/<experiment>/workers/, as does
+  loky's resource tracker (a helper process; killed, e.g. by the out-of-memory killer, it is
+  restarted with one line of note, and its complaints go to workers/resource-tracker.log).
 - RayExecutor (benchmark.launch.ray_executor): one Ray task per job, fractional GPUs; a local instance or
   a running cluster, checked node by node first, with or without a shared filesystem.
 - SlurmExecutor (benchmark.launch.slurm): one SLURM array task per job, through submitit.
@@ -39,6 +41,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -189,6 +192,7 @@ class LocalExecutor:
     """Jobs on this machine: one long-lived worker process per slot (benchmark.launch.devices)."""
 
     def __init__(self, slots: list[Slot], log_dir: Path):
+        quiet_resource_tracker(log_dir / TRACKER_LOG)
         self.lanes = [_Lane(slot, log_dir / f"worker-{i}.log") for i, slot in enumerate(slots)]
         self.capacity = len(self.lanes)
 
@@ -205,6 +209,56 @@ class LocalExecutor:
     def close(self, cancel: bool = False) -> None:
         for lane in self.lanes:
             lane.close(cancel)
+
+
+# -- loky's resource tracker -----------------------------------------------------------------------
+# loky's pools register their semaphores with a resource tracker process that inherits the driver's
+# stderr. Killed (the out-of-memory killer may pick it), it is restarted on the next message, and
+# the new one prints a KeyError traceback for each semaphore it never saw as the pools release
+# them, after loky's own warning: noise on the user's terminal, though no run is lost. So the
+# tracker is started with its stderr in a log file, and its restart said in one line of ours.
+TRACKER_LOG = "resource-tracker.log"
+_tracker_log: dict[str, Any] = {"path": None, "launched": False}
+
+
+def quiet_resource_tracker(log_path: Path) -> None:
+    """From now on, loky's resource tracker (in this process) starts with its output in `log_path`."""
+    from joblib.externals.loky.backend import resource_tracker  # late: `--help` stays light
+
+    _tracker_log["path"] = Path(log_path)
+    tracker = resource_tracker._resource_tracker
+    if getattr(tracker, "_quiet_launch", False):
+        return
+    _tracker_log["launched"] = tracker._fd is not None  # started before: the next start is a restart
+    launch = tracker._launch
+
+    def quiet_launch() -> None:
+        _launch_logged(launch, _tracker_log["path"])
+        if _tracker_log["launched"]:
+            from tqdm import tqdm  # its write keeps the progress bar whole
+
+            tqdm.write(f"note: loky's resource tracker (a helper process of the worker pools) died, perhaps killed "
+                       f"for memory, and was restarted; no run is affected (its messages: {_tracker_log['path']})",
+                       file=sys.stderr)
+        _tracker_log["launched"] = True
+
+    tracker._launch, tracker._quiet_launch = quiet_launch, True
+    warnings.filterwarnings("ignore", message="resource_tracker: process died unexpectedly", category=UserWarning)
+
+
+def _launch_logged(launch: Callable[[], None], log_path: Path) -> None:
+    """`launch` a child process whose stderr (inherited: fd 2) is `log_path`, for the moment it starts."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    saved = os.dup(2)
+    try:
+        sys.stderr.flush()
+        os.dup2(log, 2)
+        launch()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(log)
 
 
 class InlineExecutor:
