@@ -4,7 +4,8 @@ What to run comes from the grid (benchmark.config.grid) and how to train it from
 a job runs is the executor's business (benchmark.launch.executors, whose docstring has the protocol).
 
 - Resume: runs with a complete record are skipped, failed ones unless retried; a run killed
-  before its record was written has none, and runs again.
+  before its record was written has none, and runs again, as does one whose record is damaged
+  (benchmark.records.schema judges a record, for the report too).
 - Order: the shared first-task models first, then the runs, longest first (`expected_cost`), each
   as soon as its first-task model exists. Never more jobs in flight than the executor's capacity,
   so the order holds and a job can still be put back.
