@@ -31,9 +31,10 @@ from benchmark.records.store import record_path, record_status, run_dir
 from benchmark.train.runner import execute_run, first_task_path
 from methods import METHODS
 from methods.finetune import Finetune
+from conftest import tiny_experiment
 
-ALL = ["finetune", "replay", "icarl", "wa", "der", "memo", "joint"]
-EXEMPLAR_METHODS = ["replay", "icarl", "wa", "der", "memo"]
+ALL = METHODS.names()
+EXEMPLAR_METHODS = [name for name in ALL if METHODS.get(name).uses_exemplars]
 IMAGE_BYTES = 32 * 32 * 3
 THREADS = 2
 SGD = {"lr": 0.1, "lr_decay": 0.1, "momentum": 0.9}
@@ -52,15 +53,10 @@ LEARN = {
                                          "weight_decay": 2e-4}}},
 }
 PLAN_IMAGES = 5
-PLAN = {
-    "name": "engine_plan", "dataset": "cifar100", "scenario": "B0Inc50", "methods": ALL,
-    "budgets": [0.6, 0.75], "seeds": [1993], "profile": "cpu",
-    "family": ["conv2_half", "resnet8_half"], "benchmark_backbone": "conv2_half", "anchor_exemplars": 200,
-    "training": {"images_per_class": PLAN_IMAGES, "test_images_per_class": 2, "augment": True,
-                 "first_task": {"epochs": 1, "milestones": [1], "batch_size": 32, **SGD, "weight_decay": 5e-4},
-                 "later_tasks": {"all": {"epochs": 1, "milestones": [1], "batch_size": 32, **SGD,
-                                         "weight_decay": 2e-4}}},
-}
+PLAN = tiny_experiment("engine_plan", ALL, [0.6, 0.75], training={
+    "images_per_class": PLAN_IMAGES, "test_images_per_class": 2, "augment": True,
+    "first_task": {"epochs": 1, "milestones": [1], "batch_size": 32, **SGD, "weight_decay": 5e-4},
+    "later_tasks": {"all": {"epochs": 1, "milestones": [1], "batch_size": 32, **SGD, "weight_decay": 2e-4}}})
 STRICT = {**PLAN, "name": "engine_strict", "policy": "strict", "methods": EXEMPLAR_METHODS, "budgets": [0.8]}
 
 
