@@ -410,13 +410,12 @@ def test_a_class_stream_is_not_the_task_stream_of_its_number():
     assert torch.equal(picked, as_class_stream) and not torch.equal(picked, as_task_stream)
 
 
-STREAMS = {"name": "streams", "dataset": "cifar100", "scenario": "B0Inc25", "seeds": [1993], "profile": "cpu",
-           "methods": ["finetune", "replay", "icarl", "der", "memo", "wa"], "budgets": [0.75],
-           "family": ["conv2_half", "resnet8_half"], "benchmark_backbone": "conv2_half", "anchor_exemplars": 200,
-           "training": {"images_per_class": 5, "test_images_per_class": 2, "augment": True,
-                        "first_task": {"epochs": 1, "batch_size": 32, **SGD, "milestones": [], "weight_decay": 5e-4},
-                        "later_tasks": {"all": {"epochs": 1, "batch_size": 32, **SGD, "milestones": [],
-                                                "weight_decay": 2e-4}}}}
+STREAMS = tiny_experiment("streams", ["finetune", "replay", "icarl", "der", "memo", "wa"], [0.75], scenario="B0Inc25",
+                          training={"images_per_class": 5, "test_images_per_class": 2, "augment": True,
+                                    "first_task": {"epochs": 1, "batch_size": 32, **SGD, "milestones": [],
+                                                   "weight_decay": 5e-4},
+                                    "later_tasks": {"all": {"epochs": 1, "batch_size": 32, **SGD, "milestones": [],
+                                                            "weight_decay": 2e-4}}})
 
 
 def test_random_selection_runs_got_new_ids_herding_runs_kept_theirs():
