@@ -163,7 +163,7 @@ def test_where_names_the_suites_own_frame():
     try:
         check_grid.resume_problems(None)  # type: ignore[arg-type]  -- raises inside the suite's code
     except TypeError as error:
-        assert check_steps._where(error).startswith("benchmark/tools/check_grid.py:")
+        assert check_steps.suite_frame(error).startswith("benchmark/tools/check_grid.py:")
 
 
 # -- parity and grid helpers ---------------------------------------------------------------------------

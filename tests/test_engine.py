@@ -434,3 +434,29 @@ def test_random_selection_runs_got_new_ids_herding_runs_kept_theirs():
                              "der": "609fea56d178", "memo": "eeed56adf84c", "wa": "3c60b434e07c"}
     runs = expand(parse_experiment({**STREAMS, "exemplar_selection": "random"}))
     assert {first_task_key(run) for run in runs} == {"1a13ca8c3537"}  # the herding runs' first-task model
+
+
+def test_an_engine_brought_to_a_task_stands_where_a_run_trains_it():
+    """`Engine.advance_to(1)` (what the measuring tools time) against a run that learned task 0 and
+    began task 1: the same structure, exemplars, random streams and freshly drawn head."""
+    from benchmark.tools.timing import method_run, speed_experiment, synthetic_data
+    from benchmark.train.runner import engine_settings, new_engine
+
+    data = synthetic_data(torch.device("cpu"), per_class=3)
+    run = method_run(speed_experiment(), "der", "conv2_half")
+    settings = dataclasses.replace(engine_settings(run, run.exemplars), selection="random")
+    learned = new_engine(run, data, settings, log=lambda line: None)
+    learned.learn_task(data.task(0))
+    learned.begin_task(data.task(1))
+    brought = new_engine(run, data, settings, log=lambda line: None)
+    assert brought.advance_to(1) == data.task(1)
+    shapes = [{k: v.shape for k, v in e.method.network.state_dict().items()} for e in (learned, brought)]
+    assert shapes[0] == shapes[1]
+    assert torch.equal(learned.memory.images, brought.memory.images) and len(brought.memory) == 10 * 3
+    assert torch.equal(learned.generator.get_state(), brought.generator.get_state())
+    # The auxiliary head is drawn afresh at task 1 from the task's stream; the blocks start from
+    # the trained one in the run (DER copies the last block), from the initial one here.
+    aux = [e.method.network.aux_fc.weight for e in (learned, brought)]
+    assert torch.equal(*aux)
+    blocks = [next(e.method.network.backbones[1].parameters()) for e in (learned, brought)]
+    assert not torch.equal(*blocks)

@@ -53,3 +53,25 @@ def test_a_tiny_cpu_run_reports_every_column(cifar_root):
     assert row["step_flops"] > 2 * row["fwd_flops"]  # forward + backward
     assert result["machine"]["peak_used"] == "fp32" and result["machine"]["matmul_peak_fp32_gflops"] > 0
     assert result["first_task_epochs"] == []
+
+
+def test_no_module_of_the_suite_imports_a_private_name_of_another():
+    """The tools build on the engine's public pieces (runner.engine_settings, new_engine,
+    Engine.optimizer, advance_to, step_autocast), not on copies of private ones. (Other libraries'
+    internals are another matter: loky's resource tracker has no public hook.)"""
+    import ast
+    from pathlib import Path
+
+    offenders = []
+    for path in sorted((Path(__file__).resolve().parents[1] / "benchmark").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        ours = [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                and (node.module or "").split(".")[0] in ("benchmark", "methods", "budgets")]
+        imported = {alias.asname or alias.name for node in ours for alias in node.names}
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if node in ours else []
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in imported:
+                names = [node.attr]
+            offenders += [f"{path.name}:{node.lineno} {name}" for name in names
+                          if name.startswith("_") and not name.startswith("__")]
+    assert offenders == []

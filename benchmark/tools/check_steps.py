@@ -158,7 +158,7 @@ def source_problems(run: Run, data: RunData, precision: str, batch_size: int,
     except RuntimeError as error:
         if "synchroniz" not in str(error):
             raise
-        return problems + [f"host synchronization inside a training step, at {_where(error)}"], math.nan
+        return problems + [f"host synchronization inside a training step, at {suite_frame(error)}"], math.nan
     finally:
         if engine.device.type == "cuda":
             torch.cuda.set_sync_debug_mode("default")
@@ -167,7 +167,7 @@ def source_problems(run: Run, data: RunData, precision: str, batch_size: int,
     return problems, loss
 
 
-def _where(error: BaseException) -> str:
+def suite_frame(error: BaseException) -> str:
     """The innermost frame of the suite's own code in `error`'s traceback, as path:line (function)."""
     frames = [frame for frame in traceback.extract_tb(error.__traceback__)
               if Path(frame.filename).resolve().is_relative_to(REPO) and ".venv" not in frame.filename]
