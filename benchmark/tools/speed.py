@@ -5,8 +5,8 @@
 
 A benchmark script, not a test. Per method and backbone it reports images/s of
 - full: the engine's own step (`Engine.train_epoch`: batch fetch from the on-device uint8 tensor,
-  on-device augmentation, the method's loss, SGD step) with the network grown to task 1 of CIFAR-100
-  B0Inc10 by `Engine.grow` (iCaRL/WA with a teacher, DER/MEMO with two blocks and the auxiliary head,
+  on-device augmentation, the method's loss, the engine's SGD) with the network brought to task 1 of
+  CIFAR-100 B0Inc10 by `Engine.advance_to` (iCaRL/WA with a teacher, DER/MEMO with two blocks and the auxiliary head,
   replay methods on 5,000 new images plus 2,000 exemplars), with channels_last batches (the engine's
   default) and without;
 - bare: the same backbone and a linear classifier on a random, already normalized float batch, plain
