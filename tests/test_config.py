@@ -285,6 +285,16 @@ def test_bad_profile_file_lists_every_problem(tmp_path, monkeypatch):
     assert "bad.yaml has 4 problem(s)" in problems(profile="bad")
 
 
+def test_a_profile_file_is_read_by_the_experiment_files_loader(tmp_path, monkeypatch):
+    monkeypatch.setattr(profiles, "PROFILE_DIR", tmp_path)
+    (tmp_path / "twice.yaml").write_text("first_task: {epochs: 5}\nlater_default: {epochs: 2}\nfirst_task: {epochs: 6}\n")
+    with pytest.raises(ConfigError, match=r"twice\.yaml: line 3: key 'first_task' is given twice \(lines 1 and 3\)"):
+        load_profile_file("twice")
+    (tmp_path / "latin1.yaml").write_bytes("later_default: {epochs: 2}\n# caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.yaml: line 2, column 6: byte 0xe9 is not UTF-8 text"):
+        load_profile_file("latin1")
+
+
 def test_schedules_validate_and_travel():
     with pytest.raises(ValidationError):
         Schedule(0, (), 5e-4)

@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from annotated_types import Gt, Le
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, Strict, ValidationError, WrapValidator
 
@@ -29,6 +28,7 @@ from methods.exemplars import SELECTIONS
 from benchmark.data import DATASETS, Scenario
 from benchmark.config.profile import Profile, TrainingOverride, milestone_notes, profile_names, resolve_profile
 from benchmark.config.slurm_options import SlurmOptions
+from benchmark.config.yaml_files import load_yaml_file
 from benchmark.config.validation import (STRICT_MODEL, ConfigError, ConfigWarning, MethodName, MethodOptions, NonNegativeInt,
                          Seed, choice, finite, problems_of, unique_tuple)
 
@@ -42,11 +42,6 @@ EXEMPLAR_SELECTION = "herding"
 # The name is a folder name (file systems allow 255 bytes); 100 is plenty, and keeps the paths under
 # results/ and SLURM's job names (cil-<name>) readable.
 NAME_MAX_CHARS = 100
-# Limits of the YAML loader: an experiment file has a few hundred nodes nested 4 deep, while an
-# alias bomb expands to billions (MemoryError) and thousands of brackets overflow PyYAML's
-# recursive composer (RecursionError).
-YAML_MAX_NODES = 100_000
-YAML_MAX_DEPTH = 50
 
 
 def _safe_name(value: str) -> str:
@@ -174,71 +169,6 @@ class Experiment:
         return asdict(self)
 
 
-class _Refused(yaml.YAMLError):
-    """YAML that parses but that the loader refuses (too large, too deep, a key given twice)."""
-
-    def __init__(self, mark: yaml.Mark, problem: str) -> None:
-        super().__init__(f"line {mark.line + 1}: {problem}")
-
-
-class BoundedLoader(yaml.SafeLoader):
-    """PyYAML's safe loader that also refuses a key given twice in one mapping (PyYAML keeps the
-    last silently), more than YAML_MAX_DEPTH levels of nesting and more than YAML_MAX_NODES nodes
-    once aliases are expanded; each with the line. Sizes are counted as the nodes are composed, so
-    a bomb is refused before anything is built."""
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._depth = 0
-
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
-        mark = self.peek_event().start_mark
-        alias = self.check_event(yaml.AliasEvent)
-        self._depth += 1
-        if self._depth > YAML_MAX_DEPTH:
-            raise _Refused(mark, f"nested more than {YAML_MAX_DEPTH} levels deep; an experiment file needs a few")
-        try:
-            node = super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-        if alias:  # the anchored node, composed already, unless the alias sits inside it
-            if not hasattr(node, "expanded"):
-                raise _Refused(mark, "an alias refers to the node that contains it (a loop)")
-            return node
-        children = (node.value if isinstance(node, yaml.SequenceNode) else
-                    [child for pair in node.value for child in pair] if isinstance(node, yaml.MappingNode) else [])
-        node.expanded = 1 + sum(child.expanded for child in children)
-        node.height = 1 + max((child.height for child in children), default=0)
-        if node.expanded > YAML_MAX_NODES or node.height > YAML_MAX_DEPTH:
-            raise _Refused(mark, f"expands to more than {YAML_MAX_NODES:,} values or {YAML_MAX_DEPTH} levels "
-                                 "once its aliases (*name) are replaced; write the values out")
-        return node
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        lines: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key, line = self.construct_object(key_node), key_node.start_mark.line + 1
-            if key in lines:
-                raise _Refused(key_node.start_mark, f"key {key!r} is given twice (lines {lines[key]} and {line}); "
-                                                    "YAML would keep only the last: delete one")
-            lines[key] = line
-        return super().construct_mapping(node, deep)
-
-
-def _read_text(path: Path) -> str:
-    """The file as UTF-8 text; ConfigError naming the first byte that is not."""
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
-        raise ConfigError(f"{path}: line {line}, column {column}: byte 0x{data[error.start]:02x} is not UTF-8 text; "
-                          f"save it as UTF-8 (e.g. iconv -f latin1 -t utf-8 {path.name} > utf8.yaml)") from None
-
-
 def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Safe-load a file (BoundedLoader), merging in its `include` chain (the including file wins)."""
     path = path.resolve()
@@ -246,14 +176,7 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"{path}: include cycle through {[str(p) for p in seen]}")
     if not path.is_file():
         raise ConfigError(f"experiment file {path} does not exist")
-    try:
-        raw = yaml.load(_read_text(path), Loader=BoundedLoader) or {}
-    except _Refused as error:
-        raise ConfigError(f"{path}: {error}") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot be read: {error.strerror}") from None
+    raw = load_yaml_file(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
     if "include" in raw:

@@ -12,7 +12,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from annotated_types import Ge, Lt
 from pydantic import AfterValidator, ConfigDict, Field, ValidationError
 from pydantic.dataclasses import dataclass
@@ -20,6 +19,7 @@ from pydantic.dataclasses import dataclass
 from methods import METHODS
 
 from benchmark.config.precision import PRECISIONS
+from benchmark.config.yaml_files import load_yaml_file
 from benchmark.config.validation import (ConfigError, Fraction, MethodName, MethodOptions, NonNegativeFloat, PositiveFloat,
                          PositiveInt, StrictBool, choice, derived_model, drop_default, finite, problems_of)
 
@@ -114,9 +114,7 @@ def load_profile_file(name: str) -> Any:
     if not path.is_file():
         raise ConfigError(f"unknown profile {name!r}; known: {', '.join(profile_names())}")
     try:
-        return ProfileFile.model_validate(yaml.safe_load(path.read_text()) or {})
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        return ProfileFile.model_validate(load_yaml_file(path) or {})
     except ValidationError as error:
         raise ConfigError.listing(str(path), problems_of(error, ProfileFile)) from None
 
