@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from benchmark.records.numerics import numerics
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -47,8 +49,9 @@ def code_version() -> dict[str, Any]:
 
 def origin(device: torch.device | str, speed: dict[str, Any] | None = None) -> dict[str, Any]:
     """Where and how a run ran: code, libraries, machine, device, and the engine's speed settings
-    (`speed`: precision, channels_last, fused SGD, cudnn.benchmark). `device` may be "unknown"
-    (a worker that died before it could say)."""
+    (`speed`: precision, channels_last, fused SGD, cudnn.benchmark), and under "numerics" what sets
+    the floats (benchmark.records.numerics). `device` may be "unknown" (a worker that died before it
+    could say)."""
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError):
@@ -56,7 +59,7 @@ def origin(device: torch.device | str, speed: dict[str, Any] | None = None) -> d
     return {**code_version(), "torch": torch.__version__, "python": sys.version.split()[0],
             "device": str(device) if device is not None else "unknown", "device_name": _device_name(device),
             **_cuda_versions(device), "hostname": socket.gethostname(), "threads": torch.get_num_threads(),
-            **(speed or {})}
+            **(speed or {}), "numerics": numerics(device)}
 
 
 def _device_name(device: torch.device | None) -> str | None:

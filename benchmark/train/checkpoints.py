@@ -9,6 +9,10 @@ Resuming rebuilds the network's structure by replaying the method's growth (`Eng
 `before_task`, then `after_task`, for every finished task: new blocks, heads, frozen parts, teacher,
 dropped auxiliary head), then loads the saved tensors into it. That needs `after_task` to change only
 the network's structure or values, never to read data, which holds for every method here.
+
+A checkpoint also holds the numerics of the process that wrote it (benchmark.records.numerics:
+instruction set, math libraries, threads, card, TF32) and every change of them so far: a run resumed
+under other numerics equals no uninterrupted run, and its record says where that happened.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import torch
 from benchmark.train.engine import Engine, TaskResult
 from benchmark.train.evaluation import Accuracy
 from benchmark.files import write_atomic
+from benchmark.records.numerics import changes, numerics
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -32,14 +37,18 @@ class CheckpointError(RuntimeError):
 class Resumed:
     results: list[TaskResult]   # the finished tasks' results, in order
     wall_seconds: float         # spent on them by the earlier process(es), up to the checkpoint
+    numerics: dict | None       # of the process that wrote the checkpoint (None: written before they were kept)
+    numerics_changes: list[dict]  # earlier changes: {"task": first task under new numerics, "changes": [...]}
 
 
 def checkpoint_path(folder: Path) -> Path:
     return Path(folder) / CHECKPOINT
 
 
-def save(path: Path, run_id: str, engine: Engine, results: list[TaskResult], wall_seconds: float) -> None:
-    """Write the checkpoint after `results[-1]`'s task."""
+def save(path: Path, run_id: str, engine: Engine, results: list[TaskResult], wall_seconds: float,
+         numerics_changes: list[dict] | None = None) -> None:
+    """Write the checkpoint after `results[-1]`'s task, with this process's numerics and the run's
+    `numerics_changes` so far (see `numerics_change`)."""
     method, device = engine.method, engine.device
     payload = {
         "run_id": run_id, "tasks_done": len(results), "num_classes": method.network.num_classes,
@@ -49,6 +58,7 @@ def save(path: Path, run_id: str, engine: Engine, results: list[TaskResult], wal
         "rng": {"torch": torch.get_rng_state(), "generator": engine.generator.get_state(),
                 "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
         "results": [asdict(result) for result in results], "wall_seconds": wall_seconds,
+        "numerics": numerics(device), "numerics_changes": list(numerics_changes or []),
     }
     write_atomic(path, lambda file: torch.save(payload, file))
 
@@ -76,7 +86,15 @@ def resume(path: Path, run_id: str, engine: Engine) -> Resumed | None:
     engine.memory.images = payload["memory"]["images"].to(engine.device)
     engine.memory.labels = payload["memory"]["labels"].to(engine.device)
     _restore_rng(payload["rng"], engine)
-    return Resumed([_task_result(entry) for entry in payload["results"]], payload["wall_seconds"])
+    return Resumed([_task_result(entry) for entry in payload["results"]], payload["wall_seconds"],
+                   payload.get("numerics"), list(payload.get("numerics_changes", [])))
+
+
+def numerics_change(resumed: Resumed, now: dict) -> dict | None:
+    """{"task": the first task this process learns, "changes": ["threads: 2 -> 1", ...]} when `now`
+    (this process's numerics) differs from those that wrote the checkpoint; None when they match."""
+    found = changes(resumed.numerics, now)
+    return {"task": len(resumed.results), "changes": found} if found else None
 
 
 def _restore_rng(states: dict, engine: Engine) -> None:

@@ -27,6 +27,7 @@ from benchmark.train.engine import Engine, EngineSettings, RunData, TaskResult
 from benchmark.config.grid import Run, identity_hash
 from benchmark.config.profile import Schedule
 from benchmark.files import write_atomic, write_json_atomic
+from benchmark.records.numerics import numerics
 from benchmark.records.store import origin, record_path, record_status, run_dir
 
 __all__ = ["execute_run", "train_first_task", "first_task_key", "write_failed_record", "record_status",
@@ -167,6 +168,9 @@ def execute_run(run: Run, experiment_dir: Path, results_root: Path, device: str,
     size = path.stat().st_size if path.exists() else 0  # the last checkpoint: the run's largest
     kept = size > 0 and (keep_checkpoints or record["status"] != "complete")
     record["checkpoint"] = {"bytes": size, "kept": kept, "resumed_from_task": progress.resumed_from}
+    changed = progress.numerics_changes  # resumes under other numerics than the checkpoint's (beside them)
+    record["origin"] |= {"numerics_changed_at_task": changed[0]["task"] if changed else None,
+                         "numerics_changes": changed}
     write_json_atomic(record_path(experiment_dir, run.run_id), record)
     if not kept:
         path.unlink(missing_ok=True)
@@ -181,6 +185,7 @@ class _Progress:
     results: list[TaskResult] = field(default_factory=list)
     earlier_seconds: float = 0.0        # spent by earlier attempts, up to their last checkpoint
     resumed_from: int | None = None     # the first task this attempt learned, when it resumed
+    numerics_changes: list[dict] = field(default_factory=list)  # resumes under other numerics (checkpoints)
     speed: dict[str, Any] | None = None
 
     def wall_seconds(self) -> float:
@@ -199,13 +204,22 @@ def _train(run: Run, folder: Path, results_root: Path, device: str, data_root: P
         progress.earlier_seconds = resumed.wall_seconds
         progress.resumed_from = len(resumed.results)
         log(f"resuming from task {progress.resumed_from} ({path.name}: {len(resumed.results)} tasks done)")
+        progress.numerics_changes = resumed.numerics_changes
+        change = checkpoints.numerics_change(resumed, numerics(device))
+        if change is not None:
+            progress.numerics_changes = [*progress.numerics_changes, change]
+            log(f"warning: resumed under other numerics than the checkpoint was written with "
+                f"({'; '.join(change['changes'])}): from task {change['task']} on this run equals no "
+                f"uninterrupted run")
     else:
         state = torch.load(train_first_task(run, results_root, device, data_root, threads, log),
                            weights_only=True)["state"]
 
     def finished(result: TaskResult) -> None:
         progress.results.append(result)
-        checkpoints.save(path, run.run_id, engine, progress.results, progress.wall_seconds())
+        changed = progress.numerics_changes  # passed only when there are any (the usual call stays 5 arguments)
+        checkpoints.save(path, run.run_id, engine, progress.results, progress.wall_seconds(),
+                         **({"numerics_changes": changed} if changed else {}))
 
     engine.run(state, on_task=finished, start=len(progress.results))
 

@@ -1,0 +1,139 @@
+"""What sets a run's numerics (benchmark/records/numerics.py): recorded in every origin and checkpoint,
+and a run resumed under other numerics (here another thread count) says so in its log and record.
+
+The run is tiny (replay, B0Inc25: four tasks, 5 train / 2 test images per class, one epoch per task)
+on the real CIFAR-100 arrays, stopped in-process after a task as tests/test_checkpoint.py does.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from benchmark.config.experiment import parse_experiment
+from benchmark.config.grid import expand
+from benchmark.records.numerics import build_versions, changes, numerics
+from benchmark.records.store import origin, record_path, run_dir
+from benchmark.train import checkpoints
+from benchmark.train.runner import execute_run
+from conftest import tiny_experiment
+
+# torch 2.14.1's torch.__config__.show() on an x86 Linux wheel, shortened
+CONFIG = ("PyTorch built with:\n  - GCC 13.3\n  - C++ Version: 202002\n"
+          "  - Intel(R) oneAPI Math Kernel Library Version 2024.2-Product Build 20240605 for Intel(R) 64 "
+          "architecture applications\n"
+          "  - Intel(R) MKL-DNN v3.12.0 (Git Hash 80afa71049cd69a3df32adcccb623b12cd7baa22)\n"
+          "  - OpenMP 201511 (a.k.a. OpenMP 4.5)\n  - CPU capability usage: AVX2\n"
+          "  - Build settings: BLAS_INFO=mkl, CUDA_VERSION=13.0, CUDNN_VERSION=9.24.0, USE_MKL=ON, USE_MKLDNN=ON\n")
+SGD = {"lr": 0.1, "lr_decay": 0.1, "momentum": 0.9, "milestones": []}
+RAW = tiny_experiment("numerics", ["replay"], [0.75], scenario="B0Inc25", training={
+    "images_per_class": 5, "test_images_per_class": 2, "augment": True,
+    "first_task": {"epochs": 1, "batch_size": 32, **SGD, "weight_decay": 5e-4},
+    "later_tasks": {"all": {"epochs": 1, "batch_size": 32, **SGD, "weight_decay": 2e-4}}})
+STOP_AFTER = 2
+
+
+class Killed(BaseException):
+    """Escapes execute_run's `except Exception`, as a kill would: no record is written."""
+
+
+def test_build_versions_reads_onednn_and_mkl_from_the_config_text():
+    assert build_versions(CONFIG) == {"onednn": "3.12.0", "mkl": "2024.2"}
+    assert build_versions("PyTorch built with:\n  - oneDNN v2.7.3 (Git Hash abc)\n") == {"onednn": "2.7.3", "mkl": None}
+    assert build_versions("PyTorch built with:\n  - GCC 9.3\n") == {"onednn": None, "mkl": None}
+
+
+def test_changes_name_each_differing_setting():
+    before = {"threads": 1, "cpu_capability": "AVX2", "mkl": "2024.2"}
+    assert changes(before, dict(before)) == []
+    assert changes(before, {**before, "threads": 2, "cpu_capability": "AVX512"}) == [
+        "cpu_capability: AVX2 -> AVX512", "threads: 1 -> 2"]
+    assert changes(before, {**before, "card": "NVIDIA H200"}) == ["card: None -> NVIDIA H200"]
+    assert changes(None, before) == []  # a checkpoint from before numerics were kept: nothing to compare
+
+
+def test_the_origin_holds_the_numerics_of_this_process():
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        found = origin("cpu")["numerics"]
+    finally:
+        torch.set_num_threads(saved)
+    assert found["threads"] == 1
+    assert found["torch"] == torch.__version__
+    assert found["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert set(found) == {"torch", "cpu_capability", "onednn", "mkl", "threads"}  # no CUDA settings on the CPU
+    # a worker that died before naming its device still gets the CPU part
+    assert set(origin("unknown")["numerics"]) == {"torch", "cpu_capability", "onednn", "mkl", "threads"}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_the_numerics_name_the_card_and_tf32():
+    found = numerics("cuda:0")
+    assert found["card"] == torch.cuda.get_device_name(0)
+    assert {"tf32_matmul", "tf32_cudnn", "cudnn_deterministic", "cudnn_benchmark"} <= set(found)
+    saved = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = not saved
+        assert changes(found, numerics("cuda:0")) == [f"tf32_matmul: {saved} -> {not saved}"]
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def stop_after(tasks: int, monkeypatch) -> None:
+    save = checkpoints.save
+
+    def save_then_stop(path, run_id, engine, results, wall_seconds, **kwargs):
+        save(path, run_id, engine, results, wall_seconds, **kwargs)
+        if len(results) == tasks:
+            raise Killed
+
+    monkeypatch.setattr(checkpoints, "save", save_then_stop)
+
+
+@pytest.fixture(scope="module")
+def planned():
+    (run,) = expand(parse_experiment(RAW))
+    return run
+
+
+def stopped_then_resumed(run, tmp_path, cifar_root, monkeypatch, first: int, then: int) -> tuple[dict, str, dict]:
+    saved = torch.get_num_threads()
+    experiment_dir, results = tmp_path / "experiment", tmp_path / "results"
+    try:
+        with monkeypatch.context() as patch:
+            stop_after(STOP_AFTER, patch)
+            with pytest.raises(Killed):
+                execute_run(run, experiment_dir, results, "cpu", cifar_root, first, keep_checkpoints=True)
+        folder = run_dir(experiment_dir, run.run_id)
+        written = torch.load(checkpoints.checkpoint_path(folder), weights_only=True)
+        record = execute_run(run, experiment_dir, results, "cpu", cifar_root, then, keep_checkpoints=True)
+    finally:
+        torch.set_num_threads(saved)
+    assert record["status"] == "complete", record["error"]
+    assert json.loads(record_path(experiment_dir, run.run_id).read_text())["origin"] == record["origin"]
+    return record, (folder / "log.txt").read_text(), written
+
+
+def test_a_resume_with_another_thread_count_says_so(planned, tmp_path, cifar_root, monkeypatch):
+    record, log, written = stopped_then_resumed(planned, tmp_path, cifar_root, monkeypatch, first=1, then=2)
+    assert written["numerics"]["threads"] == 1 and written["numerics_changes"] == []
+    assert record["checkpoint"]["resumed_from_task"] == STOP_AFTER
+    assert record["origin"]["numerics_changed_at_task"] == STOP_AFTER
+    assert record["origin"]["numerics_changes"] == [{"task": STOP_AFTER, "changes": ["threads: 1 -> 2"]}]
+    assert record["origin"]["numerics"]["threads"] == 2
+    warnings = [line for line in log.splitlines() if "warning: resumed under other numerics" in line]
+    assert len(warnings) == 1 and "threads: 1 -> 2" in warnings[0] and "from task 2" in warnings[0]
+    # the last checkpoint carries the change on, so that a later resume still knows it
+    final = torch.load(checkpoints.checkpoint_path(run_dir(tmp_path / "experiment", planned.run_id)), weights_only=True)
+    assert final["numerics"]["threads"] == 2
+    assert final["numerics_changes"] == [{"task": STOP_AFTER, "changes": ["threads: 1 -> 2"]}]
+
+
+def test_a_resume_under_the_same_numerics_records_no_change(planned, tmp_path, cifar_root, monkeypatch):
+    record, log, written = stopped_then_resumed(planned, tmp_path, cifar_root, monkeypatch, first=1, then=1)
+    assert record["checkpoint"]["resumed_from_task"] == STOP_AFTER
+    assert record["origin"]["numerics_changed_at_task"] is None
+    assert record["origin"]["numerics_changes"] == []
+    assert "other numerics" not in log
