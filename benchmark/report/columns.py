@@ -43,10 +43,25 @@ TASK_COLUMNS = [
     "budget_mb", "seed", "task", "classes_seen", "cnn_accuracy", "nme_accuracy",
     "exemplars_stored", *AUDITED_BYTES, "train_seconds", "eval_seconds",
 ]
+POINT_KEYS = EXPERIMENT_KEYS + ["point"]  # methods are compared with each other at one point
+# Metrics that get a 95 % interval and a paired comparison with the best method at each point
+# (benchmark.report.statistics): average and last accuracy, CNN and NME.
+COMPARED_METRICS = [f"{kind}_{name}" for name in ("average_accuracy", "last_accuracy")
+                    for kind in KINDS]
+COMPARISON_STATS = ("ci95", "p_holm", "tied_with_best")
+
+
+def _summary_stats(metric: str) -> tuple[str, ...]:
+    return ("mean", "std", *COMPARISON_STATS) if metric in COMPARED_METRICS else ("mean", "std")
+
+
 SUMMARY_COLUMNS = [*GROUP_KEYS, "n_seeds",
-                   *(f"{metric}_{stat}" for metric in SUMMARY_METRICS for stat in ("mean", "std"))]
+                   *(f"{metric}_{stat}" for metric in SUMMARY_METRICS
+                     for stat in _summary_stats(metric))]
+AUC_NAMES = ("auc_average", "auc_last")  # AUC-A and AUC-L, compared like the accuracies
 AUC_COLUMNS = [
-    *CURVE_KEYS, "kind", "auc_average", "auc_last", "auc_average_std", "auc_last_std", "n_points",
+    *CURVE_KEYS, "kind", *AUC_NAMES, *(f"{name}_std" for name in AUC_NAMES),
+    *(f"{name}_{stat}" for stat in COMPARISON_STATS for name in AUC_NAMES), "n_points",
     "n_seeds", "memory_start_mb", "memory_end_mb", "apm_start", "apm_end", "note",
 ]
 CSV_COLUMNS = {"runs.csv": RUN_COLUMNS, "tasks.csv": TASK_COLUMNS,
@@ -58,7 +73,11 @@ INT_COLUMNS = ["point", "budget_bytes", "seed", "num_backbones", "exemplars", "m
                "task", "classes_seen", "exemplars_stored", "n_seeds", "n_points"]
 FLOAT_COLUMNS = ["budget_mb", "planned_total_mb", *AUDITED_MB,
                  *ACCURACY_METRICS, "wall_seconds", "cnn_accuracy", "nme_accuracy",
-                 "train_seconds", "eval_seconds"]
+                 "train_seconds", "eval_seconds",
+                 *(f"{name}_{stat}" for name in [*COMPARED_METRICS, *AUC_NAMES]
+                   for stat in ("ci95", "p_holm"))]
+# True / False, with an empty cell where no comparison is possible (one seed).
+BOOL_COLUMNS = [f"{name}_tied_with_best" for name in [*COMPARED_METRICS, *AUC_NAMES]]
 
 # ------------------------------------------------------------------------------ methods
 

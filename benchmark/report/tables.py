@@ -13,11 +13,14 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from benchmark.report.columns import (ACCURACY_METRICS, AUC_COLUMNS, CURVE_KEYS, EXPERIMENT_KEYS,
+from benchmark.report.columns import (ACCURACY_METRICS, AUC_COLUMNS, AUC_NAMES, BOOL_COLUMNS,
+                               COMPARED_METRICS, CURVE_KEYS, EXPERIMENT_KEYS,
                                FLOAT_COLUMNS, GROUP_KEYS, INT_COLUMNS, KIND_NAMES, KINDS,
-                               RUN_COLUMNS, SUMMARY_COLUMNS, SUMMARY_METRICS, TASK_COLUMNS,
-                               method_sort_key)
+                               POINT_KEYS, RUN_COLUMNS, SUMMARY_COLUMNS, SUMMARY_METRICS,
+                               TASK_COLUMNS, method_sort_key)
 from benchmark.records.metrics import accuracy_per_memory, area_under_curve
+from benchmark.report.statistics import (ALPHA, POWER, RESOLVE, compare_with_best,
+                                         pooled_difference_spread, seeds_needed, t_interval)
 from budgets.accounting import MB, POLICIES
 
 # ------------------------------------------------------------------------------ rows
@@ -84,6 +87,8 @@ def _typed(table: pd.DataFrame) -> pd.DataFrame:
         table[column] = pd.to_numeric(table[column], errors="coerce").astype("Int64")
     for column in table.columns.intersection(FLOAT_COLUMNS):
         table[column] = pd.to_numeric(table[column], errors="coerce").astype("float64")
+    for column in table.columns.intersection(BOOL_COLUMNS):
+        table[column] = table[column].astype("boolean")
     return table
 
 
@@ -123,32 +128,55 @@ def _summary_row(keys: tuple, group: pd.DataFrame) -> dict:
         values = pd.to_numeric(group[metric], errors="coerce")
         row[f"{metric}_mean"] = values.mean()
         row[f"{metric}_std"] = values.std(ddof=1)  # sample std; NaN for a single seed
+    for metric in COMPARED_METRICS:
+        row[f"{metric}_ci95"] = t_interval(group[metric]).half_width
     return row
 
 
+def per_seed(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Seeds as rows, methods as columns: `metric` of each run (the pairs the tests compare)."""
+    values = runs[["seed", "method"]].assign(value=pd.to_numeric(runs[metric], errors="coerce"))
+    return values.pivot_table(index="seed", columns="method", values="value", aggfunc="mean")
+
+
+def _comparison_cells(result: pd.DataFrame, method: str, name: str) -> dict:
+    """`<name>_p_holm` and `<name>_tied_with_best` of `method` from compare_with_best."""
+    if method not in result.index:
+        return {f"{name}_p_holm": float("nan"), f"{name}_tied_with_best": pd.NA}
+    return {f"{name}_p_holm": result.loc[method, "p_holm"],
+            f"{name}_tied_with_best": result.loc[method, "tied_with_best"]}
+
+
 def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """summary.csv: mean and std over seeds per method and budget point, complete runs only."""
+    """summary.csv: mean, std and 95 % interval over seeds per method and budget point, and
+    whether each method is distinguishable from the best one at its point; complete runs only."""
+    rows = []
     # dropna=False keeps joint, whose point and budget are missing by design.
-    groups = _complete(runs).groupby(GROUP_KEYS, dropna=False, sort=False)
-    rows = [_summary_row(keys, group) for keys, group in groups]
+    for _, at_point in _complete(runs).groupby(POINT_KEYS, dropna=False, sort=False):
+        compared = {metric: compare_with_best(per_seed(at_point, metric))
+                    for metric in COMPARED_METRICS}
+        for keys, group in at_point.groupby(GROUP_KEYS, dropna=False, sort=False):
+            row = _summary_row(keys, group)
+            for metric, result in compared.items():
+                row |= _comparison_cells(result, row["method"], metric)
+            rows.append(row)
     table = _typed(pd.DataFrame(rows, columns=SUMMARY_COLUMNS))
     return sorted_table(table, [*CURVE_KEYS, "point"])
 
 
 # ------------------------------------------------------------------------------- AUC
 
-def _per_seed_auc_std(runs: pd.DataFrame, metric: str) -> float:
-    """Std over seeds of each seed's own AUC; NaN unless every point has at least two seeds."""
+def _per_seed_aucs(runs: pd.DataFrame, metric: str) -> pd.Series:
+    """Each seed's own AUC (seed -> area), over the seeds present at every budget point (a seed
+    missing a point has no curve over the whole range); empty with fewer than 2 such seeds."""
     on_axis = runs[runs["budget_mb"].notna()]
     by_seed = on_axis.groupby(["seed", "budget_mb"])[metric].mean().unstack("budget_mb")
-    if by_seed.empty or by_seed.notna().sum(axis=0).min() < 2:
-        return float("nan")
-    full = by_seed.dropna()  # a seed missing a point has no curve over the whole range
-    if len(full) < 2:
-        return float("nan")
+    full = by_seed.dropna()
+    if len(full) < 2:  # with 2 full seeds every point has at least 2 seeds
+        return pd.Series(dtype=float)
     memory = full.columns.to_numpy(dtype=float)
-    aucs = [area_under_curve(memory, accuracy) for accuracy in full.to_numpy(dtype=float)]
-    return float(np.std(aucs, ddof=1))
+    return pd.Series([area_under_curve(memory, accuracy) for accuracy in full.to_numpy(dtype=float)],
+                     index=full.index, dtype=float)
 
 
 def _auc_row(curve: pd.DataFrame, runs: pd.DataFrame, kind: str) -> dict:
@@ -158,7 +186,10 @@ def _auc_row(curve: pd.DataFrame, runs: pd.DataFrame, kind: str) -> dict:
     row = {"kind": kind, "n_points": len(curve), "note": "",
            "n_seeds": int(curve["n_seeds"].min()) if len(curve) else 0}
     row |= dict.fromkeys(["auc_average", "auc_last", "auc_average_std", "auc_last_std",
-                          "memory_start_mb", "memory_end_mb", "apm_start", "apm_end"], float("nan"))
+                          "auc_average_ci95", "auc_last_ci95", "auc_average_p_holm",
+                          "auc_last_p_holm", "memory_start_mb", "memory_end_mb", "apm_start",
+                          "apm_end"], float("nan"))
+    row |= dict.fromkeys(["auc_average_tied_with_best", "auc_last_tied_with_best"], pd.NA)
     if len(curve) == 0:
         return row | {"note": "no memory budget (not on the memory axis)"}
     memory = curve["budget_mb"].to_numpy(dtype=float)
@@ -171,12 +202,27 @@ def _auc_row(curve: pd.DataFrame, runs: pd.DataFrame, kind: str) -> dict:
         return row | {"note": "only one budget point: no area"}
     if not (np.isfinite(mean_average).all() and np.isfinite(mean_last).all()):
         return row | {"note": f"{kind} accuracy missing at some budget point"}
-    return row | {
-        "auc_average": area_under_curve(memory, mean_average),
-        "auc_last": area_under_curve(memory, mean_last),
-        "auc_average_std": _per_seed_auc_std(runs, average),
-        "auc_last_std": _per_seed_auc_std(runs, last),
-    }
+    row |= {"auc_average": area_under_curve(memory, mean_average),
+            "auc_last": area_under_curve(memory, mean_last)}
+    for name, metric in (("auc_average", average), ("auc_last", last)):
+        interval = t_interval(_per_seed_aucs(runs, metric))
+        row |= {f"{name}_std": interval.std, f"{name}_ci95": interval.half_width}
+    return row
+
+
+def _compare_aucs(table: pd.DataFrame, aucs: list[dict[str, pd.Series]]) -> pd.DataFrame:
+    """Per experiment and kind, each method's per-seed AUCs against the best method's: only
+    curves over the whole memory range (no note) are compared. `aucs[i]` belongs to row i."""
+    for _, rows in table.groupby([*EXPERIMENT_KEYS, "kind"], dropna=False, sort=False):
+        comparable = [i for i in rows.index if table.loc[i, "note"] == ""]
+        for name in AUC_NAMES:
+            wide = pd.DataFrame({table.loc[i, "method"]: aucs[i][name] for i in comparable})
+            result = compare_with_best(wide)
+            for i in comparable:
+                for column, value in _comparison_cells(result, table.loc[i, "method"],
+                                                       name).items():
+                    table.at[i, column] = value
+    return table
 
 
 def _flag_partial_curves(table: pd.DataFrame) -> pd.DataFrame:
@@ -190,13 +236,16 @@ def _flag_partial_curves(table: pd.DataFrame) -> pd.DataFrame:
 
 def auc_table(runs: pd.DataFrame) -> pd.DataFrame:
     """auc.csv: AUC-A, AUC-L and APM per method and accuracy kind, complete runs only."""
-    rows = []
+    rows, aucs = [], []
     for keys, method_runs in _complete(runs).groupby(CURVE_KEYS, dropna=False, sort=False):
         curve = summary_table(method_runs)
         for kind in KINDS:
             rows.append(dict(zip(CURVE_KEYS, keys)) | _auc_row(curve, method_runs, kind))
-    table = _typed(pd.DataFrame(rows, columns=AUC_COLUMNS))
-    return sorted_table(_flag_partial_curves(table), [*CURVE_KEYS, "kind"])
+            aucs.append({name: _per_seed_aucs(method_runs, f"{kind}_{name[4:]}_accuracy")
+                         for name in AUC_NAMES})
+    table = _flag_partial_curves(_typed(pd.DataFrame(rows, columns=AUC_COLUMNS)))
+    table = _typed(_compare_aucs(table, aucs))
+    return sorted_table(table, [*CURVE_KEYS, "kind"])
 
 
 # ------------------------------------------------------------------------ printed tables
@@ -229,13 +278,50 @@ def _accuracy_grid(group: pd.DataFrame) -> pd.DataFrame:
     return grid
 
 
+BEST, TIED = "*", "="
+NO_COMPARISON = "one class order: no comparison possible (a ranking needs at least 2 seeds)"
+GROUPS_LEGEND = (f"±: 95 % Student-t interval half-width over seeds; {BEST} best mean; {TIED} not "
+                 f"distinguishable from the best (paired t over shared class orders, Holm, 95 %); "
+                 f"no mark: significantly different from the best; - fewer than 2 seeds")
+
+
+def _interval_mark(half_width: float, tied, p_holm: float, digits: int) -> str:
+    """"±4.97 =": the interval's half-width and the method's place in the group of the best."""
+    text = "-" if pd.isna(half_width) else f"±{half_width:.{digits}f}"
+    if pd.isna(tied):
+        return text
+    return f"{text} {BEST if pd.isna(p_holm) else TIED}" if tied else text
+
+
+def _groups_grid(group: pd.DataFrame) -> pd.DataFrame:
+    """_accuracy_grid's shape; each cell the interval and the mark of average accuracy."""
+    grid = _accuracy_grid(group)
+    for _, row in group.iterrows():
+        for kind in KINDS:
+            metric = f"{kind}_average_accuracy"
+            grid.loc[row["method"], (_budget_label(row), KIND_NAMES[kind])] = _interval_mark(
+                row[f"{metric}_ci95"], row[f"{metric}_tied_with_best"],
+                row[f"{metric}_p_holm"], 1)
+    return grid
+
+
+def _groups_block(grid: pd.DataFrame, tied: pd.DataFrame) -> str:
+    """The groups grid and its legend, or the line saying that one seed allows no comparison."""
+    if tied.isna().all(axis=None):
+        return NO_COMPARISON
+    return f"{GROUPS_LEGEND}\n{grid.to_string()}"
+
+
 def format_summary(summary: pd.DataFrame) -> str:
-    """Per experiment, method x budget: CNN and NME average incremental accuracy, mean ± std."""
+    """Per experiment, method x budget: CNN and NME average incremental accuracy, mean ± std;
+    then the 95 % intervals and the methods tied with the best at each point."""
     blocks = []
+    tied = [f"{kind}_average_accuracy_tied_with_best" for kind in KINDS]
     for (dataset, scenario, policy), group in summary.groupby(EXPERIMENT_KEYS, dropna=False):
         blocks.append(f"{dataset} {scenario} ({policy} policy): average incremental accuracy "
                       f"(%), CNN and NME, mean ± std over seeds\n"
-                      f"{_accuracy_grid(group).to_string()}")
+                      f"{_accuracy_grid(group).to_string()}\n"
+                      f"{_groups_block(_groups_grid(group), group[tied])}")
     return "\n\n".join(blocks)
 
 
@@ -259,10 +345,49 @@ def _auc_grid(group: pd.DataFrame) -> pd.DataFrame:
     return grid
 
 
+def _auc_groups_grid(group: pd.DataFrame) -> pd.DataFrame:
+    """_auc_grid's shape without notes; each cell the interval and the mark of the AUC."""
+    grid = _auc_grid(group).drop(columns=[("", "note")])
+    for _, row in group.iterrows():
+        for name, label in zip(AUC_NAMES, ("AUC-A", "AUC-L")):
+            grid.loc[row["method"], (KIND_NAMES[row["kind"]], label)] = _interval_mark(
+                row[f"{name}_ci95"], row[f"{name}_tied_with_best"], row[f"{name}_p_holm"], 3)
+    return grid
+
+
 def format_auc(auc: pd.DataFrame) -> str:
-    """Per experiment, one row per method: CNN and NME AUC-A and AUC-L (mean curve ± std)."""
+    """Per experiment, one row per method: CNN and NME AUC-A and AUC-L (mean curve ± std); then
+    their 95 % intervals and the methods tied with the best (curves over the whole range only)."""
     blocks = []
+    tied = [f"{name}_tied_with_best" for name in AUC_NAMES]
     for (dataset, scenario, policy), group in auc.groupby(EXPERIMENT_KEYS, dropna=False):
         blocks.append(f"{dataset} {scenario} ({policy} policy): AUC (accuracy fraction x MB) of "
-                      f"the mean curve ± std over seeds\n{_auc_grid(group).to_string()}")
+                      f"the mean curve ± std over seeds\n{_auc_grid(group).to_string()}\n"
+                      f"{_groups_block(_auc_groups_grid(group), group[tied])}")
     return "\n\n".join(blocks)
+
+
+def format_seeds_needed(runs: pd.DataFrame, difference: float = RESOLVE) -> str:
+    """Per experiment and kind: how many seeds (class orders) a paired t-test needs to resolve
+    `difference` points of average accuracy, from the measured spread of the paired differences
+    between methods (pooled over all pairs and budget points). Empty without any pair of methods
+    sharing 2 seeds."""
+    lines = []
+    for (dataset, scenario, policy), experiment in _complete(runs).groupby(EXPERIMENT_KEYS,
+                                                                           dropna=False):
+        on_axis = experiment[experiment["point"].notna()]
+        parts = []
+        for kind in KINDS:
+            tables = [per_seed(at_point, f"{kind}_average_accuracy")
+                      for _, at_point in on_axis.groupby("point")]
+            spread, pairs = pooled_difference_spread(tables)
+            if pairs:
+                parts.append(f"{KIND_NAMES[kind]} {seeds_needed(spread, difference)} (spread of "
+                             f"paired differences {spread:.2f} points, pooled over {pairs} pairs)")
+        if parts:
+            lines.append(f"  {dataset} {scenario} ({policy} policy): {'; '.join(parts)}")
+    if not lines:
+        return ""
+    head = (f"Seeds (class orders) needed to resolve a {difference:g}-point difference in average "
+            f"accuracy (paired t, two-sided alpha {ALPHA:g}, power {POWER:g}):")
+    return "\n".join([head, *lines])

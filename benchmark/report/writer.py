@@ -31,8 +31,8 @@ from benchmark.report import plots
 from benchmark.report.columns import CSV_COLUMNS, EXPERIMENT_KEYS, KINDS
 from benchmark.records.schema import judge
 from benchmark.files import write_json_atomic
-from benchmark.report.tables import (auc_table, format_auc, format_summary, runs_table, summary_table,
-                              tasks_table)
+from benchmark.report.tables import (auc_table, format_auc, format_seeds_needed, format_summary,
+                              runs_table, summary_table, tasks_table)
 
 GRID_FILE = "grid.json"
 PLOT_DIR = "plots"
@@ -150,7 +150,9 @@ def _build(records: list[dict], staging: Path, experiment_dir: Path) -> tuple[li
     files += _write_plots(staging / PLOT_DIR, summary, tasks, auc)
     n_failed = int((runs["status"] == "failed").sum())
     head = f"{experiment_dir.name}: {n_complete} complete, {n_failed} failed run(s)\n"
-    return files, f"{head}\n{format_summary(summary)}\n\n{format_auc(auc)}"
+    seeds = format_seeds_needed(runs)  # planning the next grid's seeds; empty with one seed
+    tail = f"\n\n{seeds}" if seeds else ""
+    return files, f"{head}\n{format_summary(summary)}\n\n{format_auc(auc)}{tail}"
 
 
 def _finish_move(staging: Path, experiment_dir: Path) -> None:
