@@ -13,7 +13,8 @@ import torch
 
 from benchmark.config.experiment import parse_experiment
 from benchmark.config.grid import expand
-from benchmark.records.numerics import build_versions, changes, numerics
+from benchmark.records import numerics as numerics_module
+from benchmark.records.numerics import build_versions, changes, numerics, run_threads
 from benchmark.records.store import origin, record_path, run_dir
 from benchmark.train import checkpoints
 from benchmark.train.runner import execute_run
@@ -98,17 +99,20 @@ def planned():
     return run
 
 
-def stopped_then_resumed(run, tmp_path, cifar_root, monkeypatch, first: int, then: int) -> tuple[dict, str, dict]:
+def stopped_then_resumed(run, tmp_path, cifar_root, monkeypatch, first: int) -> tuple[dict, str, dict]:
+    """Stopped after task STOP_AFTER while CPU runs took `first` threads (as a release or setting
+    other than today's would), then resumed under today's fixed count (1)."""
     saved = torch.get_num_threads()
     experiment_dir, results = tmp_path / "experiment", tmp_path / "results"
     try:
         with monkeypatch.context() as patch:
             stop_after(STOP_AFTER, patch)
+            patch.setattr(numerics_module, "CPU_THREADS_PER_RUN", first)
             with pytest.raises(Killed):
-                execute_run(run, experiment_dir, results, "cpu", cifar_root, first, keep_checkpoints=True)
+                execute_run(run, experiment_dir, results, "cpu", cifar_root, 2, keep_checkpoints=True)
         folder = run_dir(experiment_dir, run.run_id)
         written = torch.load(checkpoints.checkpoint_path(folder), weights_only=True)
-        record = execute_run(run, experiment_dir, results, "cpu", cifar_root, then, keep_checkpoints=True)
+        record = execute_run(run, experiment_dir, results, "cpu", cifar_root, 2, keep_checkpoints=True)
     finally:
         torch.set_num_threads(saved)
     assert record["status"] == "complete", record["error"]
@@ -117,23 +121,35 @@ def stopped_then_resumed(run, tmp_path, cifar_root, monkeypatch, first: int, the
 
 
 def test_a_resume_with_another_thread_count_says_so(planned, tmp_path, cifar_root, monkeypatch):
-    record, log, written = stopped_then_resumed(planned, tmp_path, cifar_root, monkeypatch, first=1, then=2)
-    assert written["numerics"]["threads"] == 1 and written["numerics_changes"] == []
+    record, log, written = stopped_then_resumed(planned, tmp_path, cifar_root, monkeypatch, first=2)
+    assert written["numerics"]["threads"] == 2 and written["numerics_changes"] == []
     assert record["checkpoint"]["resumed_from_task"] == STOP_AFTER
     assert record["origin"]["numerics_changed_at_task"] == STOP_AFTER
-    assert record["origin"]["numerics_changes"] == [{"task": STOP_AFTER, "changes": ["threads: 1 -> 2"]}]
-    assert record["origin"]["numerics"]["threads"] == 2
+    assert record["origin"]["numerics_changes"] == [{"task": STOP_AFTER, "changes": ["threads: 2 -> 1"]}]
+    assert record["origin"]["numerics"]["threads"] == 1
     warnings = [line for line in log.splitlines() if "warning: resumed under other numerics" in line]
-    assert len(warnings) == 1 and "threads: 1 -> 2" in warnings[0] and "from task 2" in warnings[0]
+    assert len(warnings) == 1 and "threads: 2 -> 1" in warnings[0] and "from task 2" in warnings[0]
     # the last checkpoint carries the change on, so that a later resume still knows it
     final = torch.load(checkpoints.checkpoint_path(run_dir(tmp_path / "experiment", planned.run_id)), weights_only=True)
-    assert final["numerics"]["threads"] == 2
-    assert final["numerics_changes"] == [{"task": STOP_AFTER, "changes": ["threads: 1 -> 2"]}]
+    assert final["numerics"]["threads"] == 1
+    assert final["numerics_changes"] == [{"task": STOP_AFTER, "changes": ["threads: 2 -> 1"]}]
 
 
 def test_a_resume_under_the_same_numerics_records_no_change(planned, tmp_path, cifar_root, monkeypatch):
-    record, log, written = stopped_then_resumed(planned, tmp_path, cifar_root, monkeypatch, first=1, then=1)
+    record, log, written = stopped_then_resumed(planned, tmp_path, cifar_root, monkeypatch, first=1)
+    assert written["numerics"]["threads"] == 1  # a slot of 2 threads: the run took the fixed 1
     assert record["checkpoint"]["resumed_from_task"] == STOP_AFTER
     assert record["origin"]["numerics_changed_at_task"] is None
     assert record["origin"]["numerics_changes"] == []
     assert "other numerics" not in log
+
+
+def test_a_cpu_run_takes_the_fixed_thread_count_whatever_its_slot_gives():
+    assert [run_threads("cpu", slot) for slot in (1, 2, 8)] == [1, 1, 1]
+    assert run_threads("cuda:0", 4) == 4  # on CUDA the slot's share of the cores feeds the GPU
+
+
+def test_describe_placement_names_the_threads_a_cpu_run_takes():
+    from benchmark.launch.devices import describe_placement
+
+    assert describe_placement("local", [], 1, 1, None).endswith("1 thread(s) each")

@@ -87,7 +87,9 @@ def worker_slots(gpus: Sequence[int | str], runs_per_gpu: int, workers: int, cpu
     """One slot per concurrent run: `runs_per_gpu` per GPU id, or `workers` CPU slots without GPUs.
 
     `gpus` are CUDA_VISIBLE_DEVICES values (see physical_ids). The cores are split evenly so that
-    the workers do not fight over them (STYLE: cap each process's threads).
+    the workers do not fight over them (STYLE: cap each process's threads). A slot's threads are a
+    cap: a run on the CPU trains with a fixed count whatever its slot's share
+    (benchmark.records.numerics.run_threads), so that --workers does not change its numerics.
     """
     if gpus:
         threads = max(1, cpu_count // (len(gpus) * runs_per_gpu))
@@ -211,8 +213,10 @@ def describe_placement(backend: str, gpus: list[int], runs_per_gpu: int, workers
     slots = worker_slots(gpus, runs_per_gpu, workers, os.cpu_count() or 1)
     if backend == "inline":
         return f"this process, one job at a time, on {f'GPU {gpus[0]}' if gpus else 'the CPU'}"
+    from benchmark.records.numerics import run_threads  # late: keeps `--help` free of the torch import
+
     on = f"GPU {_numbers(gpus)} ({runs_per_gpu} per GPU)" if gpus else "the CPU"
-    return f"{len(slots)} worker process(es) on {on}, {slots[0].threads} thread(s) each"
+    return f"{len(slots)} worker process(es) on {on}, {run_threads(slots[0].device, slots[0].threads)} thread(s) each"
 
 
 def _numbers(gpus: list[int]) -> str:

@@ -27,7 +27,7 @@ from benchmark.train.engine import Engine, EngineSettings, RunData, TaskResult
 from benchmark.config.grid import Run, identity_hash
 from benchmark.config.profile import Schedule
 from benchmark.files import write_atomic, write_json_atomic
-from benchmark.records.numerics import numerics
+from benchmark.records.numerics import numerics, run_threads
 from benchmark.records.store import origin, record_path, record_status, run_dir
 
 __all__ = ["execute_run", "train_first_task", "first_task_key", "write_failed_record", "record_status",
@@ -86,7 +86,7 @@ def train_first_task(run: Run, results_root: Path, device: str, data_root: Path,
     path = first_task_path(results_root, run)
     if path.exists():
         return path
-    _set_threads(threads)
+    _set_threads(run_threads(device, threads))
     device_ = torch.device(device)
     data = prepare_data(run, data_root, device_)
     method = new_method(run, "replay")  # plain cross-entropy: what every method does on task 0
@@ -151,7 +151,7 @@ def execute_run(run: Run, experiment_dir: Path, results_root: Path, device: str,
         def log(line: str) -> None:
             log_file.write(f"{time.strftime('%H:%M:%S')} {line}\n")
         try:
-            _set_threads(threads)
+            _set_threads(run_threads(device, threads))
             log(f"run {run.run_id}: {run.method} on {run.dataset} {run.scenario}, seed {run.seed}, "
                 f"{run.backbone}, {run.exemplars} exemplars, device {device}, {torch.get_num_threads()} threads")
             _train(run, folder, results_root, device, data_root, threads, log, progress)
