@@ -231,3 +231,18 @@ def test_write_report_prints_groups_and_seeds_needed(tmp_path, capsys):
     assert pd.isna(joint["cnn_average_accuracy_tied_with_best"])  # an empty cell
     auc = pd.read_csv(tmp_path / "auc.csv")
     assert auc["auc_average_tied_with_best"].isna().sum() == 2  # joint's two kinds
+
+
+def test_accuracy_plot_rings_the_group_of_the_best(runs):
+    from benchmark.report.plots import GROUP_LABEL, _memory_figure
+
+    figure = _memory_figure(summary_table(runs), "cnn_average_accuracy", "%", "B0Inc10")
+    rings = [c for c in figure.axes[0].collections if c.get_label() == GROUP_LABEL]
+    points = sorted(tuple(xy) for ring in rings for xy in ring.get_offsets().tolist())
+    # 8 MB: replay (best) and memo; 12 MB: all three; 20 MB: der and memo (best); not der at 8
+    # MB (5 points worse on both seeds) nor replay at 20 MB (5 points below memo on both)
+    assert points == [(8.0, 59.5), (8.0, 61.0), (12.0, 64.5), (12.0, 67.5), (12.0, 68.0),
+                      (20.0, 74.5), (20.0, 75.0)]
+    one_seed = summary_table(runs[runs["seed"] == 1993])
+    figure = _memory_figure(one_seed, "cnn_average_accuracy", "%", "B0Inc10")
+    assert not [c for c in figure.axes[0].collections if c.get_label() == GROUP_LABEL]

@@ -23,6 +23,7 @@ from benchmark.report.columns import (EXPERIMENT_KEYS, KIND_NAMES, KINDS, method
 KIND_LABELS = {"cnn": f"{KIND_NAMES['cnn']} (classifier) accuracy",
                "nme": f"{KIND_NAMES['nme']} (nearest-mean) accuracy"}
 BAND_ALPHA = 0.2
+GROUP_LABEL = "group of the best (paired t, Holm, 95 %)"
 
 
 def _unbudgeted_label(method: str) -> str:
@@ -78,6 +79,20 @@ def _draw_curve(ax: Axes, curve: pd.DataFrame, method: str, metric: str) -> None
     if np.isfinite(std).any():
         ax.fill_between(memory, mean - std, mean + std, color=color, alpha=BAND_ALPHA,
                         linewidth=0, where=np.isfinite(std))
+    _ring_group_of_the_best(ax, curve, memory, mean, metric)
+
+
+def _ring_group_of_the_best(ax: Axes, curve: pd.DataFrame, memory: np.ndarray,
+                            mean: np.ndarray, metric: str) -> None:
+    """A black ring around each point whose method cannot be told apart from the best there
+    (summary.csv's `<metric>_tied_with_best`); none where no comparison was possible."""
+    column = f"{metric}_tied_with_best"
+    if column not in curve:
+        return
+    tied = pd.array(curve[column], dtype="boolean").fillna(False).to_numpy(dtype=bool)
+    if tied.any():
+        ax.scatter(memory[tied], mean[tied], s=160, facecolors="none", edgecolors="black",
+                   linewidths=1.2, zorder=3, label=GROUP_LABEL)
 
 
 def _draw_unbudgeted(ax: Axes, rows: pd.DataFrame, method: str, metric: str) -> None:
