@@ -153,3 +153,23 @@ def test_describe_placement_names_the_threads_a_cpu_run_takes():
     from benchmark.launch.devices import describe_placement
 
     assert describe_placement("local", [], 1, 1, None).endswith("1 thread(s) each")
+
+
+def test_a_first_task_model_trained_under_other_numerics_is_named(planned, tmp_path, cifar_root, monkeypatch):
+    """A first-task model is shared by every run that starts from it (on a cluster, trained on
+    another node; or by an earlier release at another thread count): a run that loads one made
+    under other numerics says so, from task 1."""
+    saved = torch.get_num_threads()
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(numerics_module, "CPU_THREADS_PER_RUN", 2)
+            first = execute_run(planned, tmp_path / "a", tmp_path / "results", "cpu", cifar_root, 2)
+        second = execute_run(planned, tmp_path / "b", tmp_path / "results", "cpu", cifar_root, 2)
+    finally:
+        torch.set_num_threads(saved)
+    assert first["status"] == second["status"] == "complete", (first["error"], second["error"])
+    assert first["origin"]["numerics_changes"] == [] and first["origin"]["numerics"]["threads"] == 2
+    assert second["origin"]["numerics_changed_at_task"] == 1
+    assert second["origin"]["numerics_changes"] == [{"task": 1, "changes": ["threads: 2 -> 1"]}]
+    log = (run_dir(tmp_path / "b", planned.run_id) / "log.txt").read_text()
+    assert "warning: the shared first-task model was trained under other numerics (threads: 2 -> 1)" in log

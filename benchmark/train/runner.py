@@ -27,7 +27,7 @@ from benchmark.train.engine import Engine, EngineSettings, RunData, TaskResult
 from benchmark.config.grid import Run, identity_hash
 from benchmark.config.profile import Schedule
 from benchmark.files import write_atomic, write_json_atomic
-from benchmark.records.numerics import numerics, run_threads
+from benchmark.records.numerics import changes, numerics, run_threads
 from benchmark.records.store import origin, record_path, record_status, run_dir
 
 __all__ = ["execute_run", "train_first_task", "first_task_key", "write_failed_record", "record_status",
@@ -93,6 +93,7 @@ def train_first_task(run: Run, results_root: Path, device: str, data_root: Path,
     engine = Engine(method, data, engine_settings(run, exemplars=0), log)
     result = engine.learn_task(data.task(0))
     payload = {"state": _to_cpu(method.network.first_task_state()), "identity": first_task_identity(run),
+               "numerics": numerics(device_),
                "cnn_accuracy": result.cnn.overall, "train_seconds": result.train_seconds}
     write_atomic(path, lambda file: torch.save(payload, file))
     log(f"first-task model {path.name}: CNN {result.cnn.overall:.2f}% after {result.train_seconds:.1f}s")
@@ -212,8 +213,13 @@ def _train(run: Run, folder: Path, results_root: Path, device: str, data_root: P
                 f"({'; '.join(change['changes'])}): from task {change['task']} on this run equals no "
                 f"uninterrupted run")
     else:
-        state = torch.load(train_first_task(run, results_root, device, data_root, threads, log),
-                           weights_only=True)["state"]
+        model = torch.load(train_first_task(run, results_root, device, data_root, threads, log), weights_only=True)
+        state = model["state"]
+        found = changes(model.get("numerics"), numerics(device))  # a model from before they were kept: []
+        if found:  # trained elsewhere or by an earlier release: the later tasks learn under other numerics
+            progress.numerics_changes = [{"task": 1, "changes": found}]
+            log(f"warning: the shared first-task model was trained under other numerics ({'; '.join(found)}): "
+                f"from task 1 on this run equals no run that trained its first task here")
 
     def finished(result: TaskResult) -> None:
         progress.results.append(result)
