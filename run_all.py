@@ -264,7 +264,7 @@ def _add_run_parser(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--gpus", help="CUDA devices to use, e.g. 0,1, or cpu (default: every visible GPU, "
                      "else the CPU)")
     run.add_argument("--runs-per-gpu", type=int, default=1, help="runs sharing one GPU at a time (default 1)")
-    run.add_argument("--workers", type=int, help="runs at once on the CPU, cores split between them (default: one per core, at most 8)")
+    run.add_argument("--workers", type=int, help="runs at once on the CPU, each of 1 thread whatever their number, so that it does not change a run's numbers (default: one per core, at most 8)")
     run.add_argument("--backend", choices=BACKENDS, default="local",
                      help="local (or joblib): worker processes on this machine (default); ray: Ray tasks, "
                           "local or on a cluster (--address); slurm: SLURM job arrays through submitit "

@@ -43,6 +43,10 @@ def test_build_versions_reads_onednn_and_mkl_from_the_config_text():
     assert build_versions(CONFIG) == {"onednn": "3.12.0", "mkl": "2024.2"}
     assert build_versions("PyTorch built with:\n  - oneDNN v2.7.3 (Git Hash abc)\n") == {"onednn": "2.7.3", "mkl": None}
     assert build_versions("PyTorch built with:\n  - GCC 9.3\n") == {"onednn": None, "mkl": None}
+    # the installed torch names them in the same words (the parse is what the records rely on)
+    live = build_versions(torch.__config__.show())
+    assert (live["onednn"] is not None) == torch.backends.mkldnn.is_available()
+    assert (live["mkl"] is not None) == torch.backends.mkl.is_available()
 
 
 def test_changes_name_each_differing_setting():
