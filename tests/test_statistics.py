@@ -183,6 +183,15 @@ def test_auc_intervals_and_groups(runs):
     assert pd.isna(_row(auc, "joint", kind="cnn")["auc_average_tied_with_best"])
 
 
+def test_auc_of_one_budget_point_over_two_seeds_has_no_area_and_no_comparison(runs):
+    one_point = runs[(runs["point"] == 0) | runs["budget_mb"].isna()]
+    auc = auc_table(one_point)
+    replay = _row(auc, "replay", kind="cnn")
+    assert replay["note"] == "only one budget point: no area" and replay["n_seeds"] == 2
+    assert math.isnan(replay["auc_average"]) and math.isnan(replay["auc_average_ci95"])
+    assert pd.isna(replay["auc_average_tied_with_best"])
+
+
 def test_printed_tables_mark_the_group_of_the_best(runs):
     printed = format_summary(summary_table(runs)).splitlines()
     legend = next(i for i, line in enumerate(printed) if "not distinguishable" in line)

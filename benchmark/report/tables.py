@@ -168,11 +168,12 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 def _per_seed_aucs(runs: pd.DataFrame, metric: str) -> pd.Series:
     """Each seed's own AUC (seed -> area), over the seeds present at every budget point (a seed
-    missing a point has no curve over the whole range); empty with fewer than 2 such seeds."""
+    missing a point has no curve over the whole range); empty with fewer than 2 such seeds, or
+    fewer than 2 budget points (a single point has no area)."""
     on_axis = runs[runs["budget_mb"].notna()]
     by_seed = on_axis.groupby(["seed", "budget_mb"])[metric].mean().unstack("budget_mb")
     full = by_seed.dropna()
-    if len(full) < 2:  # with 2 full seeds every point has at least 2 seeds
+    if len(full) < 2 or len(full.columns) < 2:  # with 2 full seeds every point has at least 2 seeds
         return pd.Series(dtype=float)
     memory = full.columns.to_numpy(dtype=float)
     return pd.Series([area_under_curve(memory, accuracy) for accuracy in full.to_numpy(dtype=float)],
