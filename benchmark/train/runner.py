@@ -1,7 +1,7 @@
 """One run, start to finish: load the scenario's data, get the shared first-task model, train the
 method through every task, check the memory audit against the budget, and write the record.
 
-The dispatcher (benchmark/dispatch.py) decides where runs execute; this module is what they
+The launcher (benchmark/launch/) decides where runs execute; this module is what they
 execute, in-process or in a worker.
 """
 from __future__ import annotations
