@@ -131,7 +131,8 @@ def _run(args: argparse.Namespace) -> int:
     resume = sort_by_status(target.runs, target.experiment_dir, args.retry_failed)
     workers = args.workers or devices.default_cpu_workers()
     where = (slurm.describe(slurm_options.resolve(target.experiment.slurm, args)) if args.backend == "slurm" else
-             devices.describe_placement(args.backend, target.gpus, args.runs_per_gpu, workers, args.address))
+             devices.describe_placement(args.backend, target.gpus, args.runs_per_gpu, workers, args.address,
+                                           target.experiment.profile.cpu_threads))
     print(f"{target.experiment.name}: {resume.line()}")
     if args.dry_run:
         return _print_dry_run(resume.to_run, runner, where)

@@ -13,11 +13,11 @@ import torch
 
 from benchmark.config.experiment import parse_experiment
 from benchmark.config.grid import expand
-from benchmark.records import numerics as numerics_module
 from benchmark.records.numerics import build_versions, changes, numerics, run_threads
 from benchmark.records.store import origin, record_path, run_dir
 from benchmark.train import checkpoints
-from benchmark.train.runner import execute_run
+from benchmark.train import runner as runner_module
+from benchmark.train.runner import execute_run, first_task_key
 from conftest import tiny_experiment
 
 # torch 2.14.1's torch.__config__.show() on an x86 Linux wheel, shortened
@@ -111,7 +111,7 @@ def stopped_then_resumed(run, tmp_path, cifar_root, monkeypatch, first: int) -> 
     try:
         with monkeypatch.context() as patch:
             stop_after(STOP_AFTER, patch)
-            patch.setattr(numerics_module, "CPU_THREADS_PER_RUN", first)
+            patch.setattr(runner_module, "cpu_threads", lambda run: first)
             with pytest.raises(Killed):
                 execute_run(run, experiment_dir, results, "cpu", cifar_root, 2, keep_checkpoints=True)
         folder = run_dir(experiment_dir, run.run_id)
@@ -148,15 +148,37 @@ def test_a_resume_under_the_same_numerics_records_no_change(planned, tmp_path, c
     assert "other numerics" not in log
 
 
-def test_a_cpu_run_takes_the_fixed_thread_count_whatever_its_slot_gives():
-    assert [run_threads("cpu", slot) for slot in (1, 2, 8)] == [1, 1, 1]
-    assert run_threads("cuda:0", 4) == 4  # on CUDA the slot's share of the cores feeds the GPU
+def test_a_cpu_run_takes_its_own_thread_count_whatever_its_slot_gives():
+    assert [run_threads("cpu", slot, 1) for slot in (1, 2, 8)] == [1, 1, 1]
+    assert [run_threads("cpu", slot, 3) for slot in (1, 2, 8)] == [3, 3, 3]
+    assert run_threads("cuda:0", 4, 1) == 4  # on CUDA the slot's share of the cores feeds the GPU
 
 
 def test_describe_placement_names_the_threads_a_cpu_run_takes():
     from benchmark.launch.devices import describe_placement
 
-    assert describe_placement("local", [], 1, 1, None).endswith("1 thread(s) each")
+    assert describe_placement("local", [], 1, 1, None, 1).endswith("1 thread(s) each")
+    assert describe_placement("local", [], 1, 2, None, 2) == "2 worker process(es) on the CPU, 2 thread(s) each"
+
+
+def test_the_thread_count_is_a_setting_of_the_run_only_when_not_the_default(planned):
+    assert "cpu_threads" not in planned.training  # so the runs of earlier experiments keep their ids
+    (two,) = expand(parse_experiment({**RAW, "training": {**RAW["training"], "cpu_threads": 2}}))
+    assert two.training["cpu_threads"] == 2
+    assert two.run_id != planned.run_id
+    assert first_task_key(two) != first_task_key(planned)  # nor do they share a first-task model
+
+
+def test_a_run_trains_with_the_thread_count_it_sets(tmp_path, cifar_root):
+    (two,) = expand(parse_experiment({**RAW, "training": {**RAW["training"], "cpu_threads": 2}}))
+    saved = torch.get_num_threads()
+    try:
+        record = execute_run(two, tmp_path / "experiment", tmp_path / "results", "cpu", cifar_root, 1)
+    finally:
+        torch.set_num_threads(saved)
+    assert record["status"] == "complete", record["error"]
+    assert record["origin"]["numerics"]["threads"] == 2  # a slot of 1 thread: the run took its own 2
+    assert record["origin"]["numerics_changes"] == []
 
 
 def test_a_first_task_model_trained_under_other_numerics_is_named(planned, tmp_path, cifar_root, monkeypatch):
@@ -166,7 +188,7 @@ def test_a_first_task_model_trained_under_other_numerics_is_named(planned, tmp_p
     saved = torch.get_num_threads()
     try:
         with monkeypatch.context() as patch:
-            patch.setattr(numerics_module, "CPU_THREADS_PER_RUN", 2)
+            patch.setattr(runner_module, "cpu_threads", lambda run: 2)
             first = execute_run(planned, tmp_path / "a", tmp_path / "results", "cpu", cifar_root, 2)
         second = execute_run(planned, tmp_path / "b", tmp_path / "results", "cpu", cifar_root, 2)
     finally:

@@ -17,6 +17,7 @@ from benchmark.files import stable_hash
 from benchmark.config.experiment import Experiment
 from benchmark.data import DATASETS, Scenario
 from benchmark.config.precision import precision_problem
+from benchmark.config.profile import CPU_THREADS
 
 DEVICE_TYPES = ("cpu", "cuda")
 
@@ -87,6 +88,8 @@ def training_settings(experiment: Experiment, method: str, scenario: str) -> dic
         "precision": profile.precision,
         "eval_batch_size": profile.eval_batch_size,
         "herding_batch_size": profile.herding_batch_size,
+        # Only when not the default: the runs of every experiment written before it keep their ids.
+        **({"cpu_threads": profile.cpu_threads} if profile.cpu_threads != CPU_THREADS else {}),
         "exemplar_selection": experiment.exemplar_selection,
         **({"random_selection_revision": RANDOM_SELECTION_REVISION}
            if experiment.exemplar_selection == "random" and METHODS.get(method).uses_exemplars else {}),

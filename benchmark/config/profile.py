@@ -31,6 +31,7 @@ AUGMENT = True
 EVAL_BATCH_SIZE = 1000
 HERDING_BATCH_SIZE = 1000
 PRECISION = "fp32"
+CPU_THREADS = 1  # torch threads of a run on the CPU (docs/choices.md, "Threads per run")
 
 
 def _increasing(milestones: tuple[int, ...]) -> tuple[int, ...]:
@@ -71,6 +72,9 @@ class Profile:
         HERDING_BATCH_SIZE, description="images per no-grad batch when extracting features for exemplar selection")
     precision: choice(lambda: PRECISIONS) = Field(
         PRECISION, description="fp32, or bf16 autocast of the backbones (CUDA only)")
+    cpu_threads: PositiveInt = Field(
+        CPU_THREADS, description="torch threads of every run on the CPU, whatever --workers or the backend give "
+                                 "its worker: the floats change with the thread count, so it is a setting of the run")
     method_options: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="the profile's default options per method")
 

@@ -202,8 +202,9 @@ def address_problems(address: str, timeout: float = 3.0) -> list[str]:
 
 
 def describe_placement(backend: str, gpus: list[int], runs_per_gpu: int, workers: int,
-                       address: str | None) -> str:
-    """Where the jobs would go, in words, without starting anything."""
+                       address: str | None, cpu_threads: int) -> str:
+    """Where the jobs would go, in words, without starting anything; `cpu_threads` is the
+    experiment's threads per CPU run."""
     if backend == "ray" and address:
         return (f"the Ray cluster at {address} (1/{runs_per_gpu} GPU per run; on a cluster without GPUs, "
                 f"{workers} run(s) per machine)")
@@ -216,7 +217,7 @@ def describe_placement(backend: str, gpus: list[int], runs_per_gpu: int, workers
     from benchmark.records.numerics import run_threads  # late: keeps `--help` free of the torch import
 
     on = f"GPU {_numbers(gpus)} ({runs_per_gpu} per GPU)" if gpus else "the CPU"
-    return f"{len(slots)} worker process(es) on {on}, {run_threads(slots[0].device, slots[0].threads)} thread(s) each"
+    return f"{len(slots)} worker process(es) on {on}, {run_threads(slots[0].device, slots[0].threads, cpu_threads)} thread(s) each"
 
 
 def _numbers(gpus: list[int]) -> str:

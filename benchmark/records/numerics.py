@@ -19,17 +19,15 @@ _ONEDNN = re.compile(r"(?:MKL-DNN|oneDNN)\s+v?(\d+(?:\.\d+)+)")
 _MKL = re.compile(r"Math Kernel Library Version\s+(\d+(?:\.\d+)*)")
 
 
-CPU_THREADS_PER_RUN = 1  # the torch threads of every run on the CPU, whatever the slot it lands in
-
-
-def run_threads(device: str, slot_threads: int) -> int:
-    """The torch threads a run (or first-task model) trains with: on the CPU always
-    CPU_THREADS_PER_RUN, so that a run's floats do not depend on --workers, the backend or the
-    machine's core count (summation order changes with the thread count, and with it the accuracies:
-    33.9 % vs 35.1 % on a first task at 1 and 2 threads); on CUDA the slot's share of the cores, which
-    only feeds the GPU (a slot of 0 or less: torch's own default)."""
+def run_threads(device: str, slot_threads: int, cpu_threads: int) -> int:
+    """The torch threads a run (or first-task model) trains with: on the CPU always the run's own
+    `cpu_threads` (the profile's setting, 1 by default), so that a run's floats do not depend on
+    --workers, the backend or the machine's core count (summation order changes with the thread
+    count, and with it the accuracies: 33.9 % vs 35.1 % on a first task at 1 and 2 threads); on
+    CUDA the slot's share of the cores, which only feeds the GPU (a slot of 0 or less: torch's own
+    default)."""
     if str(device).startswith("cpu"):
-        return CPU_THREADS_PER_RUN
+        return cpu_threads
     return slot_threads
 
 

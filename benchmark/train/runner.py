@@ -25,7 +25,7 @@ from benchmark.train.batches import Augmentation, source_of
 from benchmark.data import DATASETS, Scenario, class_order, incremental_labels, load_dataset, per_class_subset
 from benchmark.train.engine import Engine, EngineSettings, RunData, TaskResult
 from benchmark.config.grid import Run, identity_hash
-from benchmark.config.profile import Schedule
+from benchmark.config.profile import CPU_THREADS, Schedule
 from benchmark.files import write_atomic, write_json_atomic
 from benchmark.records.numerics import changes, numerics, run_threads
 from benchmark.records.store import origin, record_path, record_status, run_dir
@@ -69,7 +69,8 @@ def first_task_identity(run: Run) -> dict[str, Any]:
                 DATASETS[run.dataset].num_classes)[0],
             "class_order_seed": run.seed, "network_seed": run.network_seed, "backbone": run.backbone,
             "schedule": t["first_task"], "images_per_class": t["images_per_class"], "augment": t["augment"],
-            "precision": t["precision"], "device_type": run.device_type, "revision": t["revision"]}
+            "precision": t["precision"], "device_type": run.device_type, "revision": t["revision"],
+            **({"cpu_threads": t["cpu_threads"]} if "cpu_threads" in t else {})}
 
 
 def first_task_key(run: Run) -> str:
@@ -86,7 +87,7 @@ def train_first_task(run: Run, results_root: Path, device: str, data_root: Path,
     path = first_task_path(results_root, run)
     if path.exists():
         return path
-    _set_threads(run_threads(device, threads))
+    _set_threads(run_threads(device, threads, cpu_threads(run)))
     device_ = torch.device(device)
     data = prepare_data(run, data_root, device_)
     method = new_method(run, "replay")  # plain cross-entropy: what every method does on task 0
@@ -135,6 +136,11 @@ def _tuple_milestones(schedule: dict) -> dict:
     return {**schedule, "milestones": tuple(schedule["milestones"])}
 
 
+def cpu_threads(run: Run) -> int:
+    """The run's torch threads on the CPU (absent from runs planned with the default)."""
+    return run.training.get("cpu_threads", CPU_THREADS)
+
+
 def _set_threads(threads: int) -> None:
     if threads and threads > 0:
         torch.set_num_threads(threads)
@@ -152,7 +158,7 @@ def execute_run(run: Run, experiment_dir: Path, results_root: Path, device: str,
         def log(line: str) -> None:
             log_file.write(f"{time.strftime('%H:%M:%S')} {line}\n")
         try:
-            _set_threads(run_threads(device, threads))
+            _set_threads(run_threads(device, threads, cpu_threads(run)))
             log(f"run {run.run_id}: {run.method} on {run.dataset} {run.scenario}, seed {run.seed}, "
                 f"{run.backbone}, {run.exemplars} exemplars, device {device}, {torch.get_num_threads()} threads")
             _train(run, folder, results_root, device, data_root, threads, log, progress)
