@@ -447,7 +447,7 @@ def test_a_failing_report_leaves_the_previous_set_whole(experiment, monkeypatch)
     with pytest.warns(UserWarning):
         write_report(experiment)
     before = _report_files(experiment)
-    assert len(before) == 4 + 14  # the CSVs and 7 figures as PNG and SVG
+    assert len(before) == 5 + 14  # the CSVs (ranks.csv: 6 blocks) and 7 figures as PNG and SVG
     _write(experiment, make_record("replay-p0-s1995", "replay", 1995, 0, "conv2", 8.0, 10.0, 5.0,
                                    1.0))  # a new run: every table would change
 

@@ -64,8 +64,14 @@ AUC_COLUMNS = [
     *(f"{name}_{stat}" for stat in COMPARISON_STATS for name in AUC_NAMES), "n_points",
     "n_seeds", "memory_start_mb", "memory_end_mb", "apm_start", "apm_end", "note",
 ]
+# ranks.csv (benchmark.report.ranks): one row per ranked metric and method, best first; the
+# mean rank over the blocks (dataset, scenario, policy, budget point, seed), whether the method is
+# in the group of the best, its group letters, the test autorank chose, its p-value, the Nemenyi
+# critical difference, the number of blocks, the methods not ranked and why, and notes.
+RANK_COLUMNS = ["metric", "method", "mean_rank", "rank_group_of_best", "rank_groups", "test",
+                "p_value", "critical_difference", "blocks", "methods_left_out", "note"]
 CSV_COLUMNS = {"runs.csv": RUN_COLUMNS, "tasks.csv": TASK_COLUMNS,
-               "summary.csv": SUMMARY_COLUMNS, "auc.csv": AUC_COLUMNS}
+               "summary.csv": SUMMARY_COLUMNS, "auc.csv": AUC_COLUMNS, "ranks.csv": RANK_COLUMNS}
 
 # Counts and byte sizes stay integers in the CSV ("1", not "1.0"), with empty cells for missing.
 INT_COLUMNS = ["point", "budget_bytes", "seed", "num_backbones", "exemplars", "model_params",

@@ -19,6 +19,7 @@ from benchmark.report.columns import (ACCURACY_METRICS, AUC_COLUMNS, AUC_NAMES, 
                                POINT_KEYS, RUN_COLUMNS, SUMMARY_COLUMNS, SUMMARY_METRICS,
                                TASK_COLUMNS, method_sort_key)
 from benchmark.records.metrics import accuracy_per_memory, area_under_curve
+from benchmark.report.ranks import TEST_NAMES
 from benchmark.report.statistics import (ALPHA, POWER, RESOLVE, compare_with_best,
                                          pooled_difference_spread, seeds_needed, t_interval)
 from budgets.accounting import MB, POLICIES
@@ -366,6 +367,42 @@ def format_auc(auc: pd.DataFrame) -> str:
                       f"the mean curve ± std over seeds\n{_auc_grid(group).to_string()}\n"
                       f"{_groups_block(_auc_groups_grid(group), group[tied])}")
     return "\n\n".join(blocks)
+
+
+def _metric_name(metric: str) -> str:
+    """"cnn_average_accuracy" -> "CNN average accuracy"."""
+    kind, name = metric.split("_", 1)
+    return f"{KIND_NAMES.get(kind, kind)} {name.replace('_', ' ')}"
+
+
+def _ranking_lines(rows: pd.DataFrame) -> list[str]:
+    """One metric's rows of ranks.csv (best first) as the printed ranks block."""
+    first = rows.iloc[0]
+    test = TEST_NAMES.get(first["test"], first["test"])
+    cd = first["critical_difference"]
+    cd = "" if pd.isna(cd) else f", CD = {cd:.2f}"  # Nemenyi only
+    ranks = ", ".join(f"{row['method']} {row['mean_rank']:.2f}" for _, row in rows.iterrows())
+    best = rows.loc[rows["rank_group_of_best"].astype(bool), "method"]
+    lines = [f"Ranks across the curve ({_metric_name(first['metric'])}, {test}, p = "
+             f"{first['p_value']:.3g}{cd}, {first['blocks']} blocks): {ranks}; cannot be told "
+             f"apart from the best: {', '.join(best)}"]
+    lines += [f"  {label}: {first[column]}" for label, column in (
+        ("left out", "methods_left_out"), ("note", "note")) if first[column]]
+    return lines
+
+
+def format_ranks(ranks: pd.DataFrame, reasons: dict[str, str]) -> str:
+    """The mean ranks of ranks.csv per metric (1 = best in every block), the test and the group
+    of the best; for a metric without ranks, why (`reasons`, said once when it is the same)."""
+    ranks = ranks.fillna({"methods_left_out": "", "note": ""})
+    lines = [line for _, rows in ranks.groupby("metric", sort=False)
+             for line in _ranking_lines(rows)]
+    if len(set(reasons.values())) == 1 and len(ranks) == 0:
+        lines.append(f"Ranks across the curve: none: {next(iter(reasons.values()))}")
+    else:
+        lines += [f"Ranks across the curve ({_metric_name(metric)}): none: {reason}"
+                  for metric, reason in reasons.items()]
+    return "\n".join(lines)
 
 
 def format_seeds_needed(runs: pd.DataFrame, difference: float = RESOLVE) -> str:

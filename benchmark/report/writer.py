@@ -31,8 +31,9 @@ from benchmark.report import plots
 from benchmark.report.columns import CSV_COLUMNS, EXPERIMENT_KEYS, KINDS
 from benchmark.records.schema import judge
 from benchmark.files import write_json_atomic
-from benchmark.report.tables import (auc_table, format_auc, format_seeds_needed, format_summary,
-                              runs_table, summary_table, tasks_table)
+from benchmark.report.ranks import ranks_table
+from benchmark.report.tables import (auc_table, format_auc, format_ranks, format_seeds_needed,
+                                     format_summary, runs_table, summary_table, tasks_table)
 
 GRID_FILE = "grid.json"
 PLOT_DIR = "plots"
@@ -147,12 +148,17 @@ def _build(records: list[dict], staging: Path, experiment_dir: Path) -> tuple[li
     for name, table in (("summary.csv", summary), ("auc.csv", auc)):
         table.to_csv(staging / name, index=False)
         files.append(staging / name)
+    ranks, no_ranks = ranks_table(runs)  # CD ranks across the curve; none below 5 blocks
+    if len(ranks):
+        ranks.to_csv(staging / "ranks.csv", index=False)
+        files.append(staging / "ranks.csv")
     files += _write_plots(staging / PLOT_DIR, summary, tasks, auc)
     n_failed = int((runs["status"] == "failed").sum())
     head = f"{experiment_dir.name}: {n_complete} complete, {n_failed} failed run(s)\n"
     seeds = format_seeds_needed(runs)  # planning the next grid's seeds; empty with one seed
     tail = f"\n\n{seeds}" if seeds else ""
-    return files, f"{head}\n{format_summary(summary)}\n\n{format_auc(auc)}{tail}"
+    ranked = f"\n\n{format_ranks(ranks, no_ranks)}"
+    return files, f"{head}\n{format_summary(summary)}\n\n{format_auc(auc)}{ranked}{tail}"
 
 
 def _finish_move(staging: Path, experiment_dir: Path) -> None:
