@@ -7,8 +7,9 @@ of budgets, Finetune's one run is reported at the new budget points, and records
 no longer has are left out with a warning that names them.
 
 Output in `<experiment_dir>/`: runs.csv, tasks.csv, summary.csv, auc.csv and plots/ (every column
-is explained in docs/results.md). The set is replaced as a whole: everything is built in a staging
-folder first, so a failure or a kill while building leaves the previous set untouched.
+is explained in docs/results.md), and report.html, one self-contained page of all of it
+(benchmark.report.page). The set is replaced as a whole: everything is built in a staging folder
+first, so a failure or a kill while building leaves the previous set untouched.
 
 Run `python -m benchmark.report <experiment_dir>` to write all of it.
 """
@@ -31,13 +32,14 @@ from benchmark.report import plots
 from benchmark.report.columns import CSV_COLUMNS, EXPERIMENT_KEYS, KINDS
 from benchmark.records.schema import judge
 from benchmark.files import write_json_atomic
+from benchmark.report.page import PAGE, write_page
 from benchmark.report.ranks import ranks_table
 from benchmark.report.tables import (auc_table, format_auc, format_ranks, format_seeds_needed,
                                      format_summary, runs_table, summary_table, tasks_table)
 
 GRID_FILE = "grid.json"
 PLOT_DIR = "plots"
-OUTPUTS = [*CSV_COLUMNS, PLOT_DIR]  # everything the report owns in the experiment folder
+OUTPUTS = [*CSV_COLUMNS, PLOT_DIR, PAGE]  # everything the report owns in the experiment folder
 STAGING_PREFIX = ".report-staging-"
 MANIFEST = "manifest.json"  # in a staging folder: the set is complete and may be moved into place
 
@@ -97,6 +99,18 @@ def load_grid(experiment_dir: Path) -> dict[str, list[dict]] | None:
     return grid
 
 
+def load_experiment_file(experiment_dir: Path) -> dict | None:
+    """grid.json's "experiment_file" ({"name": ..., "keys": {...}}, the file as `run` read it), or
+    None for a grid.json from before it was recorded (or none, or an unreadable one: warned by
+    load_grid)."""
+    try:
+        grid = json.loads((Path(experiment_dir) / GRID_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    entry = grid.get("experiment_file") if isinstance(grid, dict) else None
+    return entry if isinstance(entry, dict) else None
+
+
 def _read_record(path: Path) -> dict | None:
     """The parsed record, or None with a warning that names it: one broken run must not hide the
     others. benchmark.records.schema judges it, as `run` does, which runs a damaged record again."""
@@ -153,6 +167,8 @@ def _build(records: list[dict], staging: Path, experiment_dir: Path) -> tuple[li
         ranks.to_csv(staging / "ranks.csv", index=False)
         files.append(staging / "ranks.csv")
     files += _write_plots(staging / PLOT_DIR, summary, tasks, auc)
+    # The page shows every file above: keep it last, after any CSV or plot added to the set.
+    files.append(write_page(staging, experiment_dir, records, load_experiment_file(experiment_dir)))
     n_failed = int((runs["status"] == "failed").sum())
     head = f"{experiment_dir.name}: {n_complete} complete, {n_failed} failed run(s)\n"
     seeds = format_seeds_needed(runs)  # planning the next grid's seeds; empty with one seed
