@@ -3,7 +3,9 @@
 
   python run_all.py plan EXPERIMENT.yaml [--csv]   the expanded grid: backbones, exemplars, bytes
   python run_all.py run EXPERIMENT.yaml [options]  train the grid (resumable; see run --help)
-  python run_all.py report results/<experiment>    tables and plots of the records written so far
+  python run_all.py report results/<experiment>    tables, plots and report.html of the records so far
+  python run_all.py report DIR DIR [...] [--page PATH]
+                                                   each folder's report, then one page comparing them
 """
 from __future__ import annotations
 
@@ -136,7 +138,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"{target.experiment.name}: {resume.line()}")
     if args.dry_run:
         return _print_dry_run(resume.to_run, runner, where)
-    _write_grid(target)
+    _write_grid(target, Path(args.experiment))
     try:
         with naming_a_full_disk(target.experiment_dir):  # locks, and records that travel back through Ray
             summary = _execute(args, target, resume.to_run, runner, where) if resume.to_run else sweep.Summary()
@@ -151,16 +153,20 @@ def _run(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _write_grid(target: Target) -> None:
+def _write_grid(target: Target, experiment_file: Path) -> None:
     """The current grid's cells, which the report builds its tables from (records of other grids
-    in the same folder are left out)."""
+    in the same folder are left out), and the experiment file's keys as read (includes merged),
+    which report.html shows."""
+    from benchmark.config.experiment import read_yaml
     from benchmark.config.grid import plan_rows
     from benchmark.files import write_json_atomic
     from benchmark.report.writer import GRID_FILE
 
+    read = {"name": experiment_file.name, "keys": read_yaml(experiment_file)}
     with naming_a_full_disk(target.experiment_dir / GRID_FILE):
         write_json_atomic(target.experiment_dir / GRID_FILE,
-                          {"experiment": target.experiment.name, "cells": plan_rows(target.runs)})
+                          {"experiment": target.experiment.name, "experiment_file": read,
+                           "cells": plan_rows(target.runs)})
 
 
 def _execute(args: argparse.Namespace, target: Target, runs: list[Run], runner: Runner, where: str) -> Summary:
@@ -217,12 +223,25 @@ def _print_dry_run(runs: list[Run], runner: Runner, where: str) -> int:
 
 # -- report ---------------------------------------------------------------------------------------
 def report_command(args: argparse.Namespace) -> int:
-    folder = Path(args.experiment_dir)
-    if not folder.is_dir():
-        print(f"error: experiment folder {folder} does not exist (expected results/<experiment name>)",
-              file=sys.stderr)
+    """Each folder's report; with several, then the page comparing them."""
+    folders = [Path(folder) for folder in args.experiment_dirs]
+    problems = [f"experiment folder {folder} does not exist (expected results/<experiment name>)"
+                for folder in folders if not folder.is_dir()]
+    if args.page and len(folders) < 2:
+        problems.append("--page names the page comparing several experiments: give two folders or more")
+    if len({folder.resolve() for folder in folders}) < len(folders):
+        problems.append("a folder is given twice: compare different experiments")
+    if problems:
+        print("\n".join(f"error: {problem}" for problem in problems), file=sys.stderr)
         return 2
-    _report(folder)
+    for folder in folders:
+        _report(folder)
+    if len(folders) > 1:
+        from benchmark.report.compare import default_page_path, write_comparison
+
+        page = Path(args.page) if args.page else default_page_path(folders)
+        with naming_a_full_disk(page):
+            print(f"\ncomparison page: {write_comparison(folders, page)}")
     return 0
 
 
@@ -243,9 +262,19 @@ def parser() -> argparse.ArgumentParser:
     plan.add_argument("--csv", action="store_true", help="CSV, one row per grid cell")
     plan.set_defaults(handler=plan_command)
     _add_run_parser(commands)
-    report = commands.add_parser("report", help="write the tables and plots of an experiment's records")
-    report.add_argument("experiment_dir",
-                        help="the experiment's results folder, e.g. results/cifar100_b0inc10_paper")
+    report = commands.add_parser(
+        "report", help="write the tables, plots and report.html of an experiment's records; with "
+                       "several experiments, also one page comparing them",
+        description="Write each folder's report set (runs.csv, tasks.csv, summary.csv, auc.csv, "
+                    "plots/ and report.html, one self-contained page of all of it). With several "
+                    "folders, then write one page comparing them: per experiment its scenarios, "
+                    "devices, numerics, AUC table and accuracy-vs-memory figure, and one table of "
+                    "every method across them.")
+    report.add_argument("experiment_dirs", nargs="+", metavar="DIR",
+                        help="an experiment's results folder, e.g. results/cifar100_b0inc10_paper")
+    report.add_argument("--page", metavar="PATH",
+                        help="where to write the comparison page (with several folders; default: "
+                             "<parent of the first folder>/compare_<name1>_<name2>[...].html)")
     report.set_defaults(handler=report_command)
     return top
 

@@ -1,0 +1,131 @@
+"""One page comparing several experiments (`run_all.py report DIR DIR ...`), written after each
+folder's own report: per experiment its name, scenarios, where it ran (devices, numerics), its AUC
+table and its accuracy-vs-memory figure; first, one table of every method across the experiments
+(CNN AUC-A and average accuracy at each budget point).
+
+Like report.html it is one self-contained file with no path of the machine: each folder's files
+are named `<experiment>/plots/...`. Every number is read from the folders' finished CSVs.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from benchmark.files import write_atomic
+from benchmark.report.columns import EXPERIMENT_KEYS, method_rank
+from benchmark.report.page import (Paragraph, Section, Table, auc_tables, environment, figures,
+                                   provenance_rows, scrub_paths)
+from benchmark.report.writer import load_records
+
+COMPARED_FIGURE = "accuracy_vs_memory_average.svg"  # the CNN curve: one figure per experiment
+
+
+def default_page_path(folders: list[Path]) -> Path:
+    """`<parent of the first folder>/compare_<name1>_<name2>[...].html`."""
+    return folders[0].parent / f"compare_{'_'.join(folder.name for folder in folders)}.html"
+
+
+def _read(folder: Path, name: str) -> pd.DataFrame | None:
+    path = folder / name
+    return pd.read_csv(path) if path.is_file() else None
+
+
+def _with_interval(mean, half_width, n_seeds, digits: int) -> str:
+    """"mean ± ci95" where several seeds give an interval, else the mean."""
+    if pd.isna(mean):
+        return "-"
+    if pd.isna(half_width) or pd.isna(n_seeds) or n_seeds < 2:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {half_width:.{digits}f}"
+
+
+def _budget_column(budget_mb) -> str:
+    return "no budget" if pd.isna(budget_mb) else f"{budget_mb:.2f} MB"
+
+
+def _columns_of(name: str, auc: pd.DataFrame, summary: pd.DataFrame) -> list[tuple[str, str, dict]]:
+    """(group label, column label, {method: cell}) per column this experiment adds to the combined
+    table: one group per dataset / scenario / policy it holds."""
+    columns = []
+    groups = list(summary.groupby(EXPERIMENT_KEYS, dropna=False, sort=False))
+    for keys, rows in groups:
+        label = name if len(groups) == 1 else f"{name}: {' '.join(map(str, keys))}"
+        cnn = auc[(auc[EXPERIMENT_KEYS] == list(keys)).all(axis=1) & (auc["kind"] == "cnn")]
+        columns.append((label, "AUC-A", {row["method"]: _with_interval(
+            row["auc_average"], row["auc_average_ci95"], row["n_seeds"], 3) for _, row in cnn.iterrows()}))
+        for budget, at_budget in rows.sort_values("budget_mb", na_position="last").groupby(
+                "budget_mb", dropna=False, sort=False):
+            columns.append((label, _budget_column(budget), {row["method"]: _with_interval(
+                row["cnn_average_accuracy_mean"], row["cnn_average_accuracy_ci95"], row["n_seeds"], 1)
+                for _, row in at_budget.iterrows()}))
+    return columns
+
+
+def combined_section(experiments: list[tuple[str, pd.DataFrame | None, pd.DataFrame | None]]) -> Section:
+    """Methods as rows; per experiment its CNN AUC-A and CNN average accuracy per budget point."""
+    columns = [column for name, auc, summary in experiments if summary is not None
+               for column in _columns_of(name, auc, summary)]
+    methods = sorted({method for _, _, cells in columns for method in cells}, key=method_rank)
+    groups: list[tuple[str, int]] = [("", 1)]
+    for label, _, _ in columns:
+        if groups[-1][0] == label:
+            groups[-1] = (label, groups[-1][1] + 1)
+        else:
+            groups.append((label, 1))
+    return Section("combined", "Methods across the experiments", [
+        Paragraph("CNN accuracy: AUC-A (accuracy fraction x MB) and average incremental accuracy "
+                  "(%) at each budget point, mean ± 95 % interval over seeds where there are "
+                  "several, the mean alone with one seed."),
+        Table(["method", *(label for _, label, _ in columns)],
+              [[method, *(cells.get(method, "") for _, _, cells in columns)] for method in methods],
+              groups=groups)])
+
+
+def experiment_section(number: int, folder: Path, page_dir: Path) -> Section:
+    section = Section(f"experiment-{number}", folder.name)
+    summary, auc = _read(folder, "summary.csv"), _read(folder, "auc.csv")
+    runs = _read(folder, "runs.csv")
+    scenarios = ("" if summary is None else ", ".join(
+        f"{dataset} {scenario} ({policy} memory policy)" for dataset, scenario, policy
+        in summary[EXPERIMENT_KEYS].drop_duplicates().itertuples(index=False)))
+    once = runs.drop_duplicates("run_id") if runs is not None else pd.DataFrame(columns=["status"])
+    section.blocks.append(Paragraph(
+        f"{scenarios or 'no complete run'}; {int((once['status'] == 'complete').sum())} complete, "
+        f"{int((once['status'] == 'failed').sum())} failed run(s); its own page: "
+        f"{folder.name}/report.html."))
+    with warnings.catch_warnings():  # its own report has just said what these warnings say
+        warnings.simplefilter("ignore")
+        records = load_records(folder)
+    section.blocks.append(Table(["what", "value", "runs"], [
+        [name, scrub_paths(value, page_dir), count]
+        for name, value, count in provenance_rows(records, ["device", "numerics"])],
+        caption="Where it ran"))
+    if auc is not None:
+        section.blocks += auc_tables(auc)
+    curves = figures(folder, id_prefix=f"e{number}-fig", folder=folder.name).get("curves", [])
+    section.blocks += [figure for figure in curves if figure.caption.endswith(f"/{COMPARED_FIGURE}")]
+    return section
+
+
+def render_comparison(folders: list[Path], page_dir: Path) -> str:
+    """The comparison page's text; `folders` hold finished reports."""
+    experiments = [(folder.name, _read(folder, "auc.csv"), _read(folder, "summary.csv"))
+                   for folder in folders]
+    sections = [combined_section(experiments),
+                *(experiment_section(number, folder, page_dir) for number, folder in enumerate(folders))]
+    return environment().get_template("page.html.j2").render(
+        title=f"Comparison: {', '.join(folder.name for folder in folders)}",
+        subtitle=f"{len(folders)} experiments, each also on its own page (<experiment>/report.html)",
+        sections=sections)
+
+
+def write_comparison(folders: list[Path], page: Path) -> Path:
+    """Write the comparison page of `folders` (each with its report written) to `page`, whole or
+    not at all."""
+    folders, page = [Path(folder) for folder in folders], Path(page)
+    text = render_comparison(folders, page.resolve().parent)
+    write_atomic(page, lambda file: file.write(text.encode("utf-8")))
+    return page
+
