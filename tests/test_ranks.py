@@ -103,6 +103,17 @@ def test_a_method_missing_from_one_block_is_left_out_and_named():
                                               "joint (no memory budget)"}
 
 
+def test_a_second_seed_begun_by_one_method_leaves_too_few_methods_and_says_which():
+    records = [record for record in _records(CLEAR)
+               if record["cell"]["seed"] == 1993 or record["cell"]["method"] == "der"]
+    # seed 1993 at 3 points (all methods) and seed 1994 at 3 points (der only): 6 blocks
+    ranking = rank_methods(runs_table(records), CNN)
+    assert ranking.reason == ("only der has a value in all 6 blocks; ranking needs at least 2 "
+                              "methods (left out: replay (no complete run in 3 of 6 blocks); icarl "
+                              "(no complete run in 3 of 6 blocks); joint (no memory budget))")
+    assert ranking.mean_rank == {}
+
+
 def test_finetune_without_nme_is_ranked_on_cnn_only():
     records = _records({**CLEAR, "finetune": [20.0] * 6})
     for record in records:

@@ -90,7 +90,7 @@ def _ordered(methods) -> list[str]:
     return sorted(methods, key=method_rank)
 
 
-def _too_few_blocks(wide: pd.DataFrame) -> str:
+def _too_small(wide: pd.DataFrame, left_out: dict[str, str]) -> str:
     """Why `wide` is too small for a rank test, or "" when it is large enough."""
     if len(wide) == 0:
         return "no complete run with a memory budget"
@@ -102,7 +102,11 @@ def _too_few_blocks(wide: pd.DataFrame) -> str:
                 f"{_count(seeds, 'seed')}); rank tests need at least {MIN_BLOCKS}: add seeds or "
                 f"budget points")
     if wide.shape[1] < 2:
-        return (f"{wide.shape[1]} method(s) with a value in every block; ranking needs at least 2")
+        # e.g. a second seed that only some methods have finished yet
+        only = f"only {wide.columns[0]} has" if wide.shape[1] else "no method has"
+        why = "; ".join(f"{method} ({reason})" for method, reason in left_out.items())
+        return (f"{only} a value in all {_count(len(wide), 'block')}; ranking needs at least 2 "
+                f"methods (left out: {why})")
     return ""
 
 
@@ -118,7 +122,7 @@ def rank_methods(runs: pd.DataFrame, metric: str, alpha: float = ALPHA) -> Ranki
     the groups of methods it cannot tell apart; or a Ranking with only `reason` set."""
     wide, left_out = blocks_table(runs, metric)
     ranking = Ranking(metric, blocks=len(wide), left_out=left_out)
-    ranking.reason = _too_few_blocks(wide)
+    ranking.reason = _too_small(wide, left_out)
     if ranking.reason:
         return ranking
     from autorank import autorank  # imported here: it pulls in statsmodels and pyplot (~1-2 s)
