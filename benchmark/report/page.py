@@ -20,6 +20,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -137,6 +138,8 @@ class Figure:
 
 @dataclass
 class Section:
+    """One section of a page: its anchor (listed in the contents), title and blocks in order."""
+
     id: str
     title: str
     blocks: list = field(default_factory=list)
@@ -516,7 +519,7 @@ def _commit(origin: dict) -> str | None:
 def _numerics(numerics: dict | None) -> str | None:
     if not numerics:
         return None
-    return ", ".join(f"{key} {value}" for key, value in numerics.items())
+    return ", ".join(f"{key}={value}" for key, value in numerics.items())
 
 
 def _numerics_changes(origin: dict) -> str | None:
@@ -583,7 +586,7 @@ def _read(set_dir: Path, name: str) -> pd.DataFrame | None:
 def experiment_sections(set_dir: Path, experiment_dir: Path, records: list[dict],
                         experiment_file: dict | None) -> list[Section]:
     """The sections of one experiment's page, in their order, from the set in `set_dir`."""
-    scrub = lambda text: scrub_paths(text, experiment_dir)  # noqa: E731 -- one folder per page
+    scrub = partial(scrub_paths, experiment_dir=experiment_dir)
     runs, tasks = _read(set_dir, "runs.csv"), _read(set_dir, "tasks.csv")
     summary, auc, ranks = _read(set_dir, "summary.csv"), _read(set_dir, "auc.csv"), _read(set_dir, RANKS)
     found = figures(set_dir)
