@@ -175,7 +175,9 @@ def _tie_rule(result, alpha: float):
     rankdf = result.rankdf
     if result.posthoc == "nemenyi":  # Demšar: mean ranks closer than the critical difference
         return lambda a, b: abs(rankdf.at[a, "meanrank"] - rankdf.at[b, "meanrank"]) <= result.cd
-    if result.posthoc == "tukeyhsd":  # autorank: different when the HSD intervals do not overlap
+    if result.posthoc == "tukeyhsd":
+        # Simultaneous (Hochberg-Tamhane) intervals overlap exactly when Tukey's test does not
+        # reject; autorank's get_sorted_rank_groups splits at one half-width, half that distance.
         return lambda a, b: (rankdf.at[a, "ci_lower"] <= rankdf.at[b, "ci_upper"]
                              and rankdf.at[b, "ci_lower"] <= rankdf.at[a, "ci_upper"])
     return lambda a, b: False  # two methods and a significant test: told apart
