@@ -3,11 +3,12 @@
 summary.csv compares methods at one budget point at a time. This module ranks the methods across
 every budget point, seed and scenario of an experiment at once: each block is one (dataset,
 scenario, policy, budget point, seed), the methods are ranked inside each block (1 = highest
-accuracy) and their ranks are averaged over the blocks. autorank (Herbold 2020) picks the test from
-the data, as Demšar's guidelines do: Friedman with the Nemenyi post-hoc test and its critical
-difference, or repeated-measures ANOVA with Tukey HSD when every method's values pass its normality
-and equal-variance checks (two methods: paired t-test or Wilcoxon). docs/results.md explains the
-columns and what the ranks assume.
+accuracy) and their ranks are averaged over the blocks. autorank (Herbold 2020) runs the tests,
+always the non-parametric ones: Friedman with the Nemenyi post-hoc test and its critical difference
+(two methods: Wilcoxon's signed-rank test). Its parametric choice (repeated-measures ANOVA with
+Tukey HSD) is not used: the blocks are budget points of different accuracy, which only ranks
+inside a block make comparable, and its Tukey HSD treats the blocks as unpaired. docs/results.md
+explains the columns and what the ranks assume.
 """
 from __future__ import annotations
 
@@ -27,9 +28,7 @@ MIN_BLOCKS = 5     # autorank raises ValueError below five rows ("performance es
 RANKED_METRICS = ("cnn_average_accuracy", "nme_average_accuracy")
 BLOCK_KEYS = [*EXPERIMENT_KEYS, "point", "seed"]
 # autorank's names of its tests, as ranks.csv's `test` column stores them, and how to print them.
-TEST_NAMES = {"friedman+nemenyi": "Friedman + Nemenyi",
-              "anova+tukeyhsd": "repeated-measures ANOVA + Tukey HSD",
-              "ttest": "paired t-test", "wilcoxon": "Wilcoxon signed-rank"}
+TEST_NAMES = {"friedman+nemenyi": "Friedman + Nemenyi", "wilcoxon": "Wilcoxon signed-rank"}
 
 
 @dataclass
@@ -132,7 +131,7 @@ def rank_methods(runs: pd.DataFrame, metric: str, alpha: float = ALPHA) -> Ranki
         warnings.simplefilter("always")
         try:
             result = autorank(wide.reset_index(drop=True), alpha=alpha, order="descending",
-                              approach="frequentist")
+                              approach="frequentist", force_mode="nonparametric")
         except (ValueError, ArithmeticError, TypeError) as error:
             ranking.reason = f"autorank could not rank these values: {error}"
             return ranking
@@ -153,9 +152,8 @@ def _fill(ranking: Ranking, result, alpha: float) -> None:
     # autorank orders rankdf worst first under order="descending"; the order is set here.
     if result.posthoc == "nemenyi":
         order = sorted(rankdf.index, key=lambda m: (rankdf.at[m, "meanrank"], method_rank(m)))
-    else:  # Tukey HSD, t-test and Wilcoxon compare means (medians): the best has the highest
-        centre = "mean" if "mean" in rankdf.columns else "median"
-        order = sorted(rankdf.index, key=lambda m: (-float(rankdf.at[m, centre]), method_rank(m)))
+    else:  # Wilcoxon (two methods) compares medians: the best has the higher one
+        order = sorted(rankdf.index, key=lambda m: (-float(rankdf.at[m, "median"]), method_rank(m)))
     ranking.mean_rank = {method: float(rankdf.at[method, "meanrank"]) for method in order}
     if not math.isfinite(ranking.p_value):
         tied = lambda first, second: True  # noqa: E731 (no test result: nothing is told apart)
@@ -175,11 +173,6 @@ def _tie_rule(result, alpha: float):
     rankdf = result.rankdf
     if result.posthoc == "nemenyi":  # Demšar: mean ranks closer than the critical difference
         return lambda a, b: abs(rankdf.at[a, "meanrank"] - rankdf.at[b, "meanrank"]) <= result.cd
-    if result.posthoc == "tukeyhsd":
-        # Simultaneous (Hochberg-Tamhane) intervals overlap exactly when Tukey's test does not
-        # reject; autorank's get_sorted_rank_groups splits at one half-width, half that distance.
-        return lambda a, b: (rankdf.at[a, "ci_lower"] <= rankdf.at[b, "ci_upper"]
-                             and rankdf.at[b, "ci_lower"] <= rankdf.at[a, "ci_upper"])
     return lambda a, b: False  # two methods and a significant test: told apart
 
 

@@ -6,7 +6,7 @@ trains). Only records of the current grid are reported, each at the grid's cells
 of budgets, Finetune's one run is reported at the new budget points, and records of runs the grid
 no longer has are left out with a warning that names them.
 
-Output in `<experiment_dir>/`: runs.csv, tasks.csv, summary.csv, auc.csv and plots/ (every column
+Output in `<experiment_dir>/`: runs.csv, tasks.csv, summary.csv, auc.csv, ranks.csv and plots/ (every column
 is explained in docs/results.md), and report.html, one self-contained page of all of it
 (benchmark.report.page). The set is replaced as a whole: everything is built in a staging folder
 first, so a failure or a kill while building leaves the previous set untouched.
