@@ -237,8 +237,10 @@ def report_command(args: argparse.Namespace) -> int:
     for folder in folders:
         _report(folder)
     if len(folders) > 1:
-        from benchmark.report.compare import default_page_path, write_comparison
+        from benchmark.report.compare import default_page_path, spread_lines, write_comparison
 
+        for line in spread_lines(folders):
+            print(line)
         page = Path(args.page) if args.page else default_page_path(folders)
         with naming_a_full_disk(page):
             print(f"\ncomparison page: {write_comparison(folders, page)}")

@@ -18,7 +18,7 @@ import pytest
 
 import run_all
 from benchmark.report import writer
-from benchmark.report.compare import default_page_path, write_comparison
+from benchmark.report.compare import default_page_path, spread_lines, write_comparison
 from benchmark.report.page import PAGE, render_page, scrub_paths
 from benchmark.report.tables import GROUPS_LEGEND, NO_COMPARISON
 from benchmark.report.writer import GRID_FILE, MANIFEST, STAGING_PREFIX, load_records, write_report
@@ -333,10 +333,24 @@ def test_comparison_page_of_two_experiments(reported, tmp_path):
     second = _copy(reported, tmp_path, "cifar100_b0inc10_again")
     page_path = default_page_path([first, second])
     assert page_path == tmp_path / "results" / f"compare_{NAME}_cifar100_b0inc10_again.html"
+    runs = pd.read_csv(second / "runs.csv")  # one run of the second moved, as other numerics move it
+    runs.loc[runs["run_id"] == "der-p1-s1993", "cnn_average_accuracy"] += 0.5
+    runs.to_csv(second / "runs.csv", index=False)
     write_comparison([first, second], page_path)
     text = page_path.read_text(encoding="utf-8")
     page = Page(text)
-    assert page.order == ["combined", "experiment-0", "experiment-1"]
+    assert page.order == ["combined", "same-runs", "experiment-0", "experiment-1"]
+    # the 19 complete runs of both, run for run: one moved by 0.5 points
+    assert (f"cifar100_b0inc10_again - {NAME}: 19 run(s) in common: mean |difference| 0.03, largest "
+            f"0.50 points") in page.section_text("same-runs")
+    assert page.row("same-runs", 0, ["der", "1", "1993"])[3:] == ["66.00", "66.50", "+0.50"]
+    assert spread_lines([first, second]) == [  # what `run_all.py report A B` prints
+        f"same runs in {NAME} and cifar100_b0inc10_again (CNN average accuracy, cifar100_b0inc10_again - "
+        f"{NAME}): 19 run(s) in common: mean |difference| 0.03, largest 0.50 points, std of the differences 0.11",
+        # two seeds per cell, variance d^2 / 2 of each seed difference d: (2 + .5 + 8 + 2 + 8 + .5 + 4.5
+        # + .5 + 8) / 9 = 3.78, root 1.94
+        f"{NAME}: std over seeds of a cell 1.94 points (root mean square over its cells)",
+        "cifar100_b0inc10_again: std over seeds of a cell 1.94 points (root mean square over its cells)"]
     combined = page.tables["combined"][0]
     assert combined[0] == ["", NAME, "cifar100_b0inc10_again"]
     assert combined[1] == ["method", *["AUC-A", "8.00 MB", "12.00 MB", "20.00 MB", "no budget"] * 2]

@@ -8,6 +8,7 @@ are named `<experiment>/plots/...`. Every number is read from the folders' finis
 """
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from benchmark.files import write_atomic
 from benchmark.report.columns import EXPERIMENT_KEYS, method_rank
 from benchmark.report.page import (Paragraph, Section, Table, auc_tables, environment, figures,
                                    provenance_rows, scrub_paths)
+from benchmark.report.spread import numerical_spread, seed_spread, shared_runs
 from benchmark.report.writer import load_records
 
 COMPARED_FIGURE = "accuracy_vs_memory_average.svg"  # the CNN curve: one figure per experiment
@@ -83,6 +85,66 @@ def combined_section(experiments: list[tuple[str, pd.DataFrame | None, pd.DataFr
               groups=groups)])
 
 
+def _spread_pairs(folders: list[Path]) -> list[tuple[Path, pd.DataFrame]]:
+    """For every folder after the first: the runs it shares with the first (shared_runs)."""
+    first = _read(folders[0], "runs.csv")
+    pairs = []
+    for folder in folders[1:]:
+        other = _read(folder, "runs.csv")
+        if first is not None and other is not None:
+            pairs.append((folder, shared_runs(first, other)))
+    return pairs
+
+
+def _seed_spread_text(folder: Path) -> str:
+    summary = _read(folder, "summary.csv")
+    spread = math.nan if summary is None else seed_spread(summary)
+    return (f"{folder.name}: one seed per cell, no spread over seeds" if math.isnan(spread) else
+            f"{folder.name}: std over seeds of a cell {spread:.2f} points (root mean square over its cells)")
+
+
+def spread_lines(folders: list[Path]) -> list[str]:
+    """The printed comparison of the runs each folder shares with the first (CNN average
+    accuracy), beside each folder's spread over seeds; [] when no folder shares a run."""
+    lines = []
+    for folder, pairs in _spread_pairs(folders):
+        if len(pairs):
+            lines.append(f"same runs in {folders[0].name} and {folder.name} (CNN average accuracy, "
+                         f"{folder.name} - {folders[0].name}): {numerical_spread(pairs).line()}")
+    if lines:
+        lines += [_seed_spread_text(folder) for folder in folders]
+    return lines
+
+
+def spread_section(folders: list[Path]) -> Section | None:
+    """The runs each folder shares with the first, run for run: how far the same run moves when
+    only where (and how) it ran changes, beside the spread over seeds. None when none is shared."""
+    blocks = []
+    for folder, pairs in _spread_pairs(folders):
+        if pairs.empty:
+            continue
+        blocks.append(Paragraph(f"{folder.name} - {folders[0].name}: {numerical_spread(pairs).line()}."))
+        rows = [[row.method, "-" if pd.isna(row.point) else str(int(row.point)), str(int(row.seed)),
+                 f"{row.a:.2f}", f"{row.b:.2f}", f"{row.difference:+.2f}"]
+                for row in pairs.sort_values(["point", "method", "seed"], key=_order).itertuples()]
+        blocks.append(Table(["method", "point", "seed", folders[0].name, folder.name, "difference"], rows,
+                            caption=f"CNN average accuracy (%), the same runs in {folders[0].name} and {folder.name}"))
+    if not blocks:
+        return None
+    return Section("same-runs", "The same runs in several experiments", [
+        Paragraph("A run (dataset, scenario, policy, method, budget point, seed, with the same "
+                  "backbones and exemplars) found in the first experiment and another: its CNN "
+                  "average accuracy in both. When the experiments differ only in what sets the "
+                  "floats (threads, CPU, libraries, card), the differences are the numerical "
+                  "spread; a difference between methods smaller than both it and the spread over "
+                  "seeds is not a ranking. " + " ".join(_seed_spread_text(folder) + "." for folder in folders)),
+        *blocks])
+
+
+def _order(column: pd.Series) -> pd.Series:
+    return column.map(method_rank) if column.name == "method" else column
+
+
 def experiment_section(number: int, folder: Path, page_dir: Path) -> Section:
     section = Section(f"experiment-{number}", folder.name)
     summary, auc = _read(folder, "summary.csv"), _read(folder, "auc.csv")
@@ -113,7 +175,8 @@ def render_comparison(folders: list[Path], page_dir: Path) -> str:
     """The comparison page's text; `folders` hold finished reports."""
     experiments = [(folder.name, _read(folder, "auc.csv"), _read(folder, "summary.csv"))
                    for folder in folders]
-    sections = [combined_section(experiments),
+    same = spread_section(folders)
+    sections = [combined_section(experiments), *([same] if same else []),
                 *(experiment_section(number, folder, page_dir) for number, folder in enumerate(folders))]
     return environment().get_template("page.html.j2").render(
         title=f"Comparison: {', '.join(folder.name for folder in folders)}",

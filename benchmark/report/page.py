@@ -29,6 +29,7 @@ import pandas as pd
 import yaml
 
 from benchmark.report.columns import EXPERIMENT_KEYS, KIND_NAMES, KINDS
+from benchmark.report.spread import format_mixed_numerics, mixed_numerics
 from benchmark.report.tables import BEST, GROUPS_LEGEND, NO_COMPARISON, TIED, sorted_table
 
 PAGE = "report.html"
@@ -546,10 +547,12 @@ def provenance_rows(records: list[dict], fields: Iterable[str] | None = None) ->
 
 def provenance_section(records: list[dict], scrub) -> Section:
     rows = [[name, scrub(value), count] for name, value, count in provenance_rows(records)]
+    mixed = format_mixed_numerics(mixed_numerics(records))
     return Section("provenance", "Provenance", [
         Paragraph("Where the runs ran, from each record's origin: each distinct value with the "
                   "number of runs it holds for. Numerics: what sets the floats (CPU instruction "
                   "set, oneDNN and MKL versions, threads; on CUDA the card and TF32 settings)."),
+        *([Paragraph(mixed.replace("\n  ", "; "))] if mixed else []),
         Table(["what", "value", "runs"], rows)])
 
 

@@ -34,6 +34,7 @@ from benchmark.records.schema import judge
 from benchmark.files import write_json_atomic
 from benchmark.report.page import PAGE, write_page
 from benchmark.report.ranks import ranks_table
+from benchmark.report.spread import format_mixed_numerics, mixed_numerics
 from benchmark.report.tables import (auc_table, format_auc, format_ranks, format_seeds_needed,
                                      format_summary, runs_table, summary_table, tasks_table)
 
@@ -171,6 +172,8 @@ def _build(records: list[dict], staging: Path, experiment_dir: Path) -> tuple[li
     files.append(write_page(staging, experiment_dir, records, load_experiment_file(experiment_dir)))
     n_failed = int((runs["status"] == "failed").sum())
     head = f"{experiment_dir.name}: {n_complete} complete, {n_failed} failed run(s)\n"
+    mixed = format_mixed_numerics(mixed_numerics(records))  # differences that hold the numerics too
+    head += f"{mixed}\n" if mixed else ""
     seeds = format_seeds_needed(runs)  # planning the next grid's seeds; empty with one seed
     tail = f"\n\n{seeds}" if seeds else ""
     ranked = f"\n\n{format_ranks(ranks, no_ranks)}"
