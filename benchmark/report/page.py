@@ -30,7 +30,7 @@ import yaml
 
 from benchmark.report.columns import EXPERIMENT_KEYS, KIND_NAMES, KINDS
 from benchmark.report.spread import format_mixed_numerics, mixed_numerics
-from benchmark.report.tables import BEST, GROUPS_LEGEND, NO_COMPARISON, TIED, sorted_table
+from benchmark.report.tables import GROUPS_LEGEND, NO_COMPARISON, group_mark, mean_std, sorted_table
 
 PAGE = "report.html"
 RANKS = "ranks.csv"  # critical-difference mean ranks across budget points, when the set has them
@@ -193,13 +193,6 @@ def _number(value: Any, digits: int) -> str:
     return "-" if _missing(value) else f"{float(value):.{digits}f}"
 
 
-def _mean_std(mean: Any, std: Any, digits: int) -> str:
-    """"61.0 ± 1.4" as the printed summary writes it (tables.py's own helper is private)."""
-    if _missing(mean):
-        return "-"
-    return f"{mean:.{digits}f}" if _missing(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
 def _interval(half_width: Any, digits: int) -> str:
     return "-" if _missing(half_width) else f"±{half_width:.{digits}f}"
 
@@ -213,9 +206,7 @@ def _p_value(p: Any) -> str:
 def _mark(tied: Any, p_holm: Any) -> str:
     """The printed summary's mark: BEST for the best, TIED in its group, none outside it, "-"
     where no comparison was possible."""
-    if _missing(tied):
-        return "-"
-    return (BEST if _missing(p_holm) else TIED) if bool(tied) else ""
+    return "-" if _missing(tied) else group_mark(tied, p_holm)
 
 
 def _bytes(value: Any) -> str:
@@ -330,7 +321,7 @@ def summary_tables(summary: pd.DataFrame) -> list:
             for _, row in rows.iterrows():
                 cells = [row["method"], _budget(row), _integer(row["n_seeds"])]
                 for name in names:
-                    cells.append(_mean_std(row[f"{name}_mean"], row[f"{name}_std"], 1))
+                    cells.append(mean_std(row[f"{name}_mean"], row[f"{name}_std"], 1))
                     if compared:
                         cells += [_interval(row[f"{name}_ci95"], 1), _p_value(row[f"{name}_p_holm"]),
                                   _mark(row[f"{name}_tied_with_best"], row[f"{name}_p_holm"])]
@@ -353,7 +344,7 @@ def auc_tables(auc: pd.DataFrame) -> list:
         for _, row in rows.iterrows():
             cells = [row["method"], KIND_NAMES.get(row["kind"], row["kind"])]
             for name in ("auc_average", "auc_last"):
-                cells.append(_mean_std(row[name], row[f"{name}_std"], 3))
+                cells.append(mean_std(row[name], row[f"{name}_std"], 3))
                 if compared:
                     cells += [_interval(row[f"{name}_ci95"], 3), _p_value(row[f"{name}_p_holm"]),
                               _mark(row[f"{name}_tied_with_best"], row[f"{name}_p_holm"])]

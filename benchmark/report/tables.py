@@ -252,7 +252,8 @@ def auc_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------ printed tables
 
-def _mean_std(mean: float, std: float, digits: int = 1) -> str:
+def mean_std(mean: float, std: float, digits: int = 1) -> str:
+    """"61.0 ± 1.4", the mean alone without a std, "-" without a mean."""
     if pd.isna(mean):
         return "-"
     return f"{mean:.{digits}f}" if pd.isna(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
@@ -275,7 +276,7 @@ def _accuracy_grid(group: pd.DataFrame) -> pd.DataFrame:
     grid = pd.DataFrame("", index=list(dict.fromkeys(rows["method"])), columns=columns)
     for _, row in rows.iterrows():
         for kind in KINDS:
-            grid.loc[row["method"], (_budget_label(row), KIND_NAMES[kind])] = _mean_std(
+            grid.loc[row["method"], (_budget_label(row), KIND_NAMES[kind])] = mean_std(
                 row[f"{kind}_average_accuracy_mean"], row[f"{kind}_average_accuracy_std"])
     return grid
 
@@ -290,9 +291,16 @@ GROUPS_LEGEND = (f"±: 95 % Student-t interval half-width over seeds; {BEST} bes
 def _interval_mark(half_width: float, tied, p_holm: float, digits: int) -> str:
     """"±4.97 =": the interval's half-width and the method's place in the group of the best."""
     text = "-" if pd.isna(half_width) else f"±{half_width:.{digits}f}"
-    if pd.isna(tied):
-        return text
-    return f"{text} {BEST if pd.isna(p_holm) else TIED}" if tied else text
+    mark = group_mark(tied, p_holm)
+    return f"{text} {mark}" if mark else text
+
+
+def group_mark(tied, p_holm: float) -> str:
+    """BEST for the best (in the group, with no p-value of its own), TIED for the others in the
+    group of the best; "" outside it or where no comparison was possible (`tied` empty)."""
+    if pd.isna(tied) or not tied:
+        return ""
+    return BEST if pd.isna(p_holm) else TIED
 
 
 def _groups_grid(group: pd.DataFrame) -> pd.DataFrame:
@@ -335,8 +343,8 @@ def _auc_grid(group: pd.DataFrame) -> pd.DataFrame:
     notes: dict[str, dict[str, str]] = {}
     for _, row in group.iterrows():
         kind, method = KIND_NAMES[row["kind"]], row["method"]
-        grid.loc[method, (kind, "AUC-A")] = _mean_std(row["auc_average"], row["auc_average_std"], 3)
-        grid.loc[method, (kind, "AUC-L")] = _mean_std(row["auc_last"], row["auc_last_std"], 3)
+        grid.loc[method, (kind, "AUC-A")] = mean_std(row["auc_average"], row["auc_average_std"], 3)
+        grid.loc[method, (kind, "AUC-L")] = mean_std(row["auc_last"], row["auc_last_std"], 3)
         if row["note"]:
             notes.setdefault(method, {})[kind] = row["note"]
     for method, by_kind in notes.items():
