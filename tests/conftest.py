@@ -8,6 +8,7 @@ cache written next to it serves every later session without a network.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,13 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 from benchmark.data import DataError, dataset_spec, find_dataset_dir, load_dataset
 from benchmark.data.cifar import locate
+
+# A suite started in the background of a non-interactive shell (`cmd &`, nohup) inherits SIGINT
+# ignored, and every process it starts would inherit that too: the tests that stop a driver or a
+# SLURM-local job with Ctrl-C (SIGINT) need it delivered. A Python handler is not inherited across
+# exec, so the children start with the default again.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parents[1]
 
