@@ -18,6 +18,7 @@ from benchmark.files import write_atomic
 from benchmark.report.columns import EXPERIMENT_KEYS, method_rank
 from benchmark.report.page import (Paragraph, Section, Table, auc_tables, environment, figures,
                                    provenance_rows, scrub_paths)
+from benchmark.report.tables import mean_std
 from benchmark.report.spread import numerical_spread, seed_spread, shared_runs
 from benchmark.report.writer import load_records
 
@@ -34,15 +35,6 @@ def _read(folder: Path, name: str) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.is_file() else None
 
 
-def _with_interval(mean, half_width, n_seeds, digits: int) -> str:
-    """"mean ± ci95" where several seeds give an interval, else the mean."""
-    if pd.isna(mean):
-        return "-"
-    if pd.isna(half_width) or pd.isna(n_seeds) or n_seeds < 2:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {half_width:.{digits}f}"
-
-
 def _budget_column(budget_mb) -> str:
     return "no budget" if pd.isna(budget_mb) else f"{budget_mb:.2f} MB"
 
@@ -55,12 +47,12 @@ def _columns_of(name: str, auc: pd.DataFrame, summary: pd.DataFrame) -> list[tup
     for keys, rows in groups:
         label = name if len(groups) == 1 else f"{name}: {' '.join(map(str, keys))}"
         cnn = auc[(auc[EXPERIMENT_KEYS] == list(keys)).all(axis=1) & (auc["kind"] == "cnn")]
-        columns.append((label, "AUC-A", {row["method"]: _with_interval(
-            row["auc_average"], row["auc_average_ci95"], row["n_seeds"], 3) for _, row in cnn.iterrows()}))
+        columns.append((label, "AUC-A", {row["method"]: mean_std(
+            row["auc_average"], row["auc_average_ci95"], 3) for _, row in cnn.iterrows()}))
         for budget, at_budget in rows.sort_values("budget_mb", na_position="last").groupby(
                 "budget_mb", dropna=False, sort=False):
-            columns.append((label, _budget_column(budget), {row["method"]: _with_interval(
-                row["cnn_average_accuracy_mean"], row["cnn_average_accuracy_ci95"], row["n_seeds"], 1)
+            columns.append((label, _budget_column(budget), {row["method"]: mean_std(
+                row["cnn_average_accuracy_mean"], row["cnn_average_accuracy_ci95"], 1)
                 for _, row in at_budget.iterrows()}))
     return columns
 

@@ -29,7 +29,7 @@ import pandas as pd
 import yaml
 
 from benchmark.report.columns import EXPERIMENT_KEYS, KIND_NAMES, KINDS
-from benchmark.report.spread import format_mixed_numerics, mixed_numerics
+from benchmark.report.spread import format_mixed_numerics, mixed_numerics, numerics_text
 from benchmark.report.tables import GROUPS_LEGEND, NO_COMPARISON, group_mark, mean_std, sorted_table
 
 PAGE = "report.html"
@@ -509,9 +509,7 @@ def _commit(origin: dict) -> str | None:
 
 
 def _numerics(numerics: dict | None) -> str | None:
-    if not numerics:
-        return None
-    return ", ".join(f"{key}={value}" for key, value in numerics.items())
+    return numerics_text(numerics) if numerics else None
 
 
 def _numerics_changes(origin: dict) -> str | None:

@@ -12,8 +12,8 @@ differences hold the numerical spread as well as the methods'.
 """
 from __future__ import annotations
 
-import json
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 import pandas as pd
@@ -72,19 +72,17 @@ def seed_spread(summary: pd.DataFrame, metric: str = METRIC) -> float:
 def mixed_numerics(records: list[dict]) -> list[str]:
     """The distinct numerics (origin["numerics"]) of the complete records, one "key=value, ..."
     line with its run count each, when there are several; [] when all share one (or none say)."""
-    counts: dict[str, int] = {}
-    seen_runs: set[str] = set()
-    for record in records:
-        numerics = (record.get("origin") or {}).get("numerics")
-        if record.get("status") != "complete" or not numerics or record["run_id"] in seen_runs:
-            continue
-        seen_runs.add(record["run_id"])
-        key = json.dumps(numerics, sort_keys=True)
-        counts[key] = counts.get(key, 0) + 1
+    by_run = {record["run_id"]: record for record in records if record.get("status") == "complete"}
+    counts = Counter(numerics_text(numerics) for record in by_run.values()
+                     if (numerics := (record.get("origin") or {}).get("numerics")))
     if len(counts) < 2:
         return []
-    return [f"{', '.join(f'{k}={v}' for k, v in json.loads(key).items())} ({count} run(s))"
-            for key, count in counts.items()]
+    return [f"{text} ({count} run(s))" for text, count in counts.items()]
+
+
+def numerics_text(numerics: dict) -> str:
+    """origin["numerics"] as one line, "key=value, ..." in key order (equal settings, equal text)."""
+    return ", ".join(f"{key}={numerics[key]}" for key in sorted(numerics))
 
 
 def format_mixed_numerics(lines: list[str]) -> str:
