@@ -51,6 +51,14 @@ class PlanContext:
     anchor_exemplars: int = ANCHOR_EXEMPLARS
     min_exemplars: int | None = None   # fewest exemplars a method may be left with; None: one per class
     train_images: int = 0              # training images of all classes (joint holds them all)
+    # How exemplars are stored (methods/exemplar_formats.py) and what one costs: exact for raw and
+    # downsampled images; for JPEG, the data set's measured mean encoded size (an estimate: the
+    # engine fills the byte budget with the real sizes).
+    exemplar_format: str = "raw"
+    stored_image_bytes: float | None = None  # None: the format's exact size
+    # The dtype of blocks a method freezes and never trains again (methods/storage.py).
+    model_storage: str = "fp32"
+    method_options: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = ()  # resolved, hashable
 
     @property
     def num_tasks(self) -> int:
@@ -92,6 +100,10 @@ class CellPlan:
     exemplars: int
     exemplar_bytes: int
     policy: str
+    # The budget axes; "n/a" where the axis changes nothing for the method (Finetune keeps no
+    # exemplars; Replay freezes no block).
+    exemplar_format: str = "raw"
+    model_storage: str = "fp32"
 
     @property
     def total_bytes(self) -> int:

@@ -98,6 +98,12 @@ class EngineSettings:
     network_seed: int = experiment.NETWORK_SEED
     precision: str = profile.PRECISION                    # "bf16": autocast around the backbones (CUDA only)
     herding_batch_size: int = profile.HERDING_BATCH_SIZE  # feature extraction for exemplar selection
+    # Budget axes. Raw exemplars fill `exemplars` (a count); any other format fills the byte budget
+    # `exemplar_byte_budget` with the encoded sizes (methods/exemplar_formats.py).
+    exemplar_format: str = "raw"
+    exemplar_byte_budget: int | None = None
+    model_storage: str = "fp32"              # frozen blocks' dtype (methods/storage.py)
+    storage_probe: tuple[str, ...] = ()      # dtypes whose conversion cost alone each task also measures
 
 
 @dataclass
