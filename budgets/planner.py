@@ -25,8 +25,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from methods import METHODS
+from methods import METHODS, Task
 from methods.networks import build_network
+from methods.storage import check_storage, storage_applies
 
 from .accounting import DEFAULT_POLICY, MB, check_policy, exemplar_bytes, model_bytes, module_params
 
@@ -134,9 +135,52 @@ def final_model(growth: str, backbone: str, task_sizes: tuple[int, ...], policy:
     return module_params(network.backbone_modules()), model_bytes(network, policy, teacher)
 
 
-def method_model(method: str, backbone: str, ctx: PlanContext) -> tuple[int, int]:
+@lru_cache(maxsize=None)
+def stored_final_model(method: str, backbone: str, task_sizes: tuple[int, ...], policy: str, storage: str,
+                       options: tuple[tuple[str, object], ...]) -> tuple[int, int]:
+    """(backbone parameters, bytes under `policy`) after the last task of `method` given `storage`.
+
+    The method itself is built on the meta device and its own hooks are replayed for every task
+    (before_task, after_task: what `Engine.replay` does when a run resumes), so exactly the modules
+    the run freezes are converted (methods/storage.py) and the teacher is the one it holds during
+    the last task; nothing of which blocks freeze is restated here. `options` are the method's
+    resolved options (MEMO's train_base decides whether the generalized block freezes)."""
+    with torch.device("meta"):
+        kept = METHODS.get(method)(backbone, dict(options), model_storage=storage)
+        known = 0
+        for index, size in enumerate(task_sizes):
+            task = Task(index, known, known + size, len(task_sizes))
+            kept.before_task(task)
+            kept.after_task(task)
+            known += size
+    # The parameter count is the trained model's, whatever it is stored in (int8 scales are bytes, not parameters).
     traits = METHODS.get(method)
-    return final_model(traits.growth, backbone, ctx.task_sizes, ctx.policy, traits.keeps_teacher)
+    params = final_model(traits.growth, backbone, task_sizes, policy, traits.keeps_teacher)[0]
+    return params, model_bytes(kept.network, policy, kept.teacher)
+
+
+def method_model(method: str, backbone: str, ctx: PlanContext) -> tuple[int, int]:
+    """What `method` keeps at the final task: the fp32 count of its network kind, or, when the
+    context's model_storage applies to it (methods/storage.py storage_applies), the count of the
+    method replayed with that storage."""
+    traits = METHODS.get(method)
+    if ctx.model_storage == "fp32" or not storage_applies(traits, ctx.policy):
+        return final_model(traits.growth, backbone, ctx.task_sizes, ctx.policy, traits.keeps_teacher)
+    return stored_final_model(method, backbone, ctx.task_sizes, ctx.policy, check_storage(ctx.model_storage),
+                              _resolved_options(method, ctx))
+
+
+def _resolved_options(method: str, ctx: PlanContext) -> tuple[tuple[str, object], ...]:
+    """The method's options from the context; an option left "auto" (scenario-dependent) is refused,
+    because the replay would fail on it, and what freezes may hang on it (MEMO's train_base)."""
+    options = dict(dict(ctx.method_options).get(method, ()))
+    unresolved = sorted(key for key, value in {**METHODS.get(method).default_options, **options}.items()
+                        if isinstance(value, str) and value == "auto")
+    if unresolved:
+        raise ValueError(f"{method}: counting model_storage {ctx.model_storage!r} needs its resolved options, but "
+                         f"{', '.join(unresolved)} is 'auto'; pass them in PlanContext.method_options (the grid "
+                         "resolves them with the method's resolve_options)")
+    return tuple(sorted(options.items()))
 
 
 # -- budget points ---------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from torch import nn
 
 from .networks import IncrementalNet, build_network
 from .registry import Registry
+from .storage import check_storage
 
 
 @dataclass(frozen=True)
@@ -62,13 +63,16 @@ class Method:
         """Whether the network adds a block per task (DER, MEMO): its size and step cost rise with the task."""
         return cls.growth != "single"
 
-    def __init__(self, backbone: str, options: dict[str, Any] | None = None) -> None:
+    def __init__(self, backbone: str, options: dict[str, Any] | None = None, model_storage: str = "fp32") -> None:
         unknown = set(options or {}) - set(self.default_options)
         if unknown:
             raise ValueError(f"unknown option(s) {sorted(unknown)} for method {self.name!r}; "
                              f"known: {sorted(self.default_options) or 'none'}")
         self.options = {**self.default_options, **(options or {})}
-        self.network: IncrementalNet = build_network(self.growth, backbone)
+        # The dtype of what the method freezes and never trains again (methods/storage.py): the
+        # network converts the modules it freezes, a teacher keeper its teacher copy.
+        self.model_storage = check_storage(model_storage)
+        self.network: IncrementalNet = build_network(self.growth, backbone, model_storage)
         self.teacher: IncrementalNet | None = None
 
     @classmethod

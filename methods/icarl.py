@@ -24,7 +24,7 @@ class ICaRL(Method):
 
     def before_task(self, task: Task) -> None:
         if task.index > 0:
-            self.teacher = frozen_copy(self.network)
+            self.teacher = frozen_copy(self.network, self.model_storage)
         super().before_task(task)
 
     def loss(self, task: Task, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .storage import store_module
+
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Knowledge distillation as iCaRL/WA use it: soft cross-entropy at temperature T, batch mean."""
@@ -29,11 +31,13 @@ def align_weights(fc: nn.Linear, known_classes: int) -> float:
     norms = fc.weight.norm(dim=1)
     gamma = norms[:known_classes].mean() / norms[known_classes:].mean()
     fc.weight[known_classes:] *= gamma
-    return float(gamma)
+    # On the meta device (the planner replays methods there to count them) there is no value to return.
+    return float("nan") if gamma.is_meta else float(gamma)
 
 
-def frozen_copy(module: nn.Module) -> nn.Module:
-    """A teacher: an eval-mode copy that never trains."""
+def frozen_copy(module: nn.Module, storage: str = "fp32") -> nn.Module:
+    """A teacher: an eval-mode copy that never trains, stored in `storage` (methods/storage.py)."""
     teacher = copy.deepcopy(module)
     teacher.requires_grad_(False)
+    store_module(teacher, storage)
     return teacher.eval()

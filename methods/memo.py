@@ -28,8 +28,8 @@ class MEMO(DER):
     growth = "memo"
     options_type = MEMOOptions
 
-    def __init__(self, backbone: str, options: dict[str, Any] | None = None) -> None:
-        super().__init__(backbone, options)
+    def __init__(self, backbone: str, options: dict[str, Any] | None = None, model_storage: str = "fp32") -> None:
+        super().__init__(backbone, options, model_storage)
         _check_train_base(self.options["train_base"])
 
     @classmethod

@@ -4,6 +4,9 @@ generalized block with one specialized block per task (MEMO), all with one growi
 Each network says which of its modules are backbones (`backbone_modules`), because that is
 what the paper's memory accounting counts; everything else (classifier, BatchNorm buffers,
 auxiliary head) is counted only by the strict policy.
+
+A network is built with a `storage` (methods/storage.py): every module it freezes is converted to
+that dtype when it is frozen, so what the accounting counts is what the run stores.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import torch
 from torch import nn
 
 from .backbones import Backbone, build_backbone, pool_features
+from .storage import check_storage, store_module
 
 
 def reference_linear(in_features: int, out_features: int) -> nn.Linear:
@@ -42,19 +46,31 @@ def expanded_classifier(old: nn.Linear | None, in_features: int, num_classes: in
 class IncrementalNet(nn.Module):
     """Base: a feature extractor that may grow per task, plus one classifier over all seen classes."""
 
-    def __init__(self) -> None:
+    def __init__(self, storage: str = "fp32") -> None:
         super().__init__()
+        self.storage = check_storage(storage)  # the dtype frozen modules are stored in
         self.fc: nn.Linear | None = None
         self.aux_fc: nn.Linear | None = None
         self.num_classes = 0
         self._frozen: list[nn.Module] = []
 
     def freeze(self, module: nn.Module) -> None:
-        """Stop `module` learning and keep its BatchNorm statistics, also across later `train()` calls."""
+        """Stop `module` learning and keep its BatchNorm statistics, also across later `train()` calls;
+        from now on it is stored in the network's storage (converted here, the one place modules freeze)."""
         module.requires_grad_(False)
         module.eval()
+        store_module(module, self.storage)
         if not any(module is m for m in self._frozen):
             self._frozen.append(module)
+
+    def stored_as(self, storage: str) -> "IncrementalNet":
+        """A deep copy whose frozen modules are stored in `storage`: the network a run with that storage
+        holds at this point (the same modules frozen, converted). Used to measure the conversion's cost."""
+        stored = copy.deepcopy(self)  # one deepcopy: `_frozen` of the copy refers to the copy's modules
+        stored.storage = check_storage(storage)
+        for module in stored._frozen:
+            store_module(module, storage)
+        return stored
 
     def train(self, mode: bool = True) -> "IncrementalNet":
         super().train(mode)
@@ -127,8 +143,8 @@ class IncrementalNet(nn.Module):
 class SingleNet(IncrementalNet):
     """One backbone for all tasks (Finetune, Replay, iCaRL, WA, Joint)."""
 
-    def __init__(self, backbone: str) -> None:
-        super().__init__()
+    def __init__(self, backbone: str, storage: str = "fp32") -> None:
+        super().__init__(storage)
         self.backbone = build_backbone(backbone)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -151,8 +167,8 @@ class SingleNet(IncrementalNet):
 class DERNet(IncrementalNet):
     """DER: a new backbone per task, initialized from the previous one; features concatenated."""
 
-    def __init__(self, backbone: str) -> None:
-        super().__init__()
+    def __init__(self, backbone: str, storage: str = "fp32") -> None:
+        super().__init__(storage)
         self.backbone_name = backbone
         self.backbones = nn.ModuleList()
 
@@ -189,8 +205,8 @@ class DERNet(IncrementalNet):
 class MEMONet(IncrementalNet):
     """MEMO: a shared generalized block and one specialized block (the last stage) per task."""
 
-    def __init__(self, backbone: str) -> None:
-        super().__init__()
+    def __init__(self, backbone: str, storage: str = "fp32") -> None:
+        super().__init__(storage)
         template: Backbone = build_backbone(backbone)
         self.generalized = template.generalized
         self.specialized = nn.ModuleList()
@@ -243,7 +259,8 @@ def _part(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor
 NETWORKS: dict[str, type[IncrementalNet]] = {"single": SingleNet, "der": DERNet, "memo": MEMONet}
 
 
-def build_network(growth: str, backbone: str) -> IncrementalNet:
+def build_network(growth: str, backbone: str, storage: str = "fp32") -> IncrementalNet:
+    """The network of a growth kind; `storage` is the dtype its frozen modules are stored in."""
     if growth not in NETWORKS:
         raise KeyError(f"unknown network growth {growth!r}; known: {', '.join(NETWORKS)}")
-    return NETWORKS[growth](backbone)
+    return NETWORKS[growth](backbone, storage)

@@ -38,8 +38,8 @@ class WA(ICaRL):
     name = "wa"
     options_type = WAOptions
 
-    def __init__(self, backbone: str, options: dict[str, Any] | None = None) -> None:
-        super().__init__(backbone, options)
+    def __init__(self, backbone: str, options: dict[str, Any] | None = None, model_storage: str = "fp32") -> None:
+        super().__init__(backbone, options, model_storage)
         _check_weighting(self.options["weighting"])
 
     @classmethod
