@@ -96,5 +96,9 @@ class MemoryCount:
 
 
 def count_memory(network: CountableNetwork, policy: str, stored_images: int, image_shape: Sequence[int],
-                 teacher: CountableNetwork | None = None) -> MemoryCount:
-    return MemoryCount(policy, model_bytes(network, policy, teacher), exemplar_bytes(stored_images, image_shape))
+                 teacher: CountableNetwork | None = None, stored_exemplar_bytes: int | None = None) -> MemoryCount:
+    """The memory of `network` (and `teacher`) plus `stored_images` exemplars: raw uint8 images of
+    `image_shape`, unless `stored_exemplar_bytes` gives the bytes the memory really stores (a
+    downsampled or JPEG format, methods/exemplar_formats.py)."""
+    stored = exemplar_bytes(stored_images, image_shape) if stored_exemplar_bytes is None else int(stored_exemplar_bytes)
+    return MemoryCount(policy, model_bytes(network, policy, teacher), stored)

@@ -2,7 +2,7 @@
 half-way (a preempted machine, a dead worker) goes on from its last finished task.
 
 A checkpoint holds the network's state and shape (tasks grown, classes), the teacher, the exemplar
-memory, the RNG states and the task results so far; no optimizer state, since every task starts a
+memory as stored (raw images, or a format's encoded bytes: what the audit bills), the RNG states and the task results so far; no optimizer state, since every task starts a
 fresh optimizer. It is written atomically next to the run's record (runs/<id>/checkpoint.pt).
 
 Resuming rebuilds the network's structure by replaying the method's growth (`Engine.replay`:
@@ -54,7 +54,7 @@ def save(path: Path, run_id: str, engine: Engine, results: list[TaskResult], wal
         "run_id": run_id, "tasks_done": len(results), "num_classes": method.network.num_classes,
         "network": _cpu(method.network.state_dict()),
         "teacher": None if method.teacher is None else _cpu(method.teacher.state_dict()),
-        "memory": {"images": engine.memory.images.cpu(), "labels": engine.memory.labels.cpu()},
+        "memory": engine.memory.state(),  # what is billed: raw images, or a format's stored bytes
         "rng": {"torch": torch.get_rng_state(), "generator": engine.generator.get_state(),
                 "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
         "results": [asdict(result) for result in results], "wall_seconds": wall_seconds,
@@ -83,8 +83,10 @@ def resume(path: Path, run_id: str, engine: Engine) -> Resumed | None:
     method.network.load_state_dict(payload["network"])
     if method.teacher is not None:
         method.teacher.load_state_dict(payload["teacher"])
-    engine.memory.images = payload["memory"]["images"].to(engine.device)
-    engine.memory.labels = payload["memory"]["labels"].to(engine.device)
+    try:
+        engine.memory.load_state(payload["memory"])  # a non-raw memory decodes its working copy again
+    except (KeyError, ValueError) as error:
+        raise CheckpointError(f"{path} holds an exemplar memory this run cannot take ({error}); {fix}") from error
     _restore_rng(payload["rng"], engine)
     return Resumed([_task_result(entry) for entry in payload["results"]], payload["wall_seconds"],
                    payload.get("numerics"), list(payload.get("numerics_changes", [])))

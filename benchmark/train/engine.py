@@ -14,7 +14,8 @@ import torch
 
 from budgets.accounting import POLICIES, count_memory
 from methods import Method, Task
-from methods.exemplars import ExemplarMemory, herding_order, random_order
+from methods.exemplar_formats import ExemplarFormat
+from methods.exemplars import EncodedExemplarMemory, ExemplarMemory, herding_order, new_memory, random_order
 
 from benchmark.train.batches import Augmentation, BatchSource, TensorSource, concat, select
 from benchmark.train.evaluation import Accuracy, accuracy, class_means, extract, nme_predict
@@ -137,11 +138,19 @@ class Engine:
         problem = precision_problem(settings.precision, self.device.type)
         if problem:
             raise ValueError(problem)
-        self.memory = ExemplarMemory(settings.exemplars if method.uses_exemplars else 0, self.device)
+        self.memory = self.new_memory()
         self.generator = torch.Generator(device=self.device)
         if self.device.type == "cuda":
             # Input shapes repeat (fixed batch size, one image size): the autotuned kernels pay back.
             torch.backends.cudnn.benchmark = True
+
+    def new_memory(self) -> ExemplarMemory | EncodedExemplarMemory:
+        """Raw exemplars under the count budget (as always); any other format under the byte budget.
+        No exemplars (the method keeps none, or the shared first-task model) is an empty budget."""
+        keeps = self.method.uses_exemplars and self.settings.exemplars != 0
+        byte_budget = self.settings.exemplar_byte_budget if keeps else 0
+        return new_memory(ExemplarFormat.parse(self.settings.exemplar_format),
+                          self.settings.exemplars if self.method.uses_exemplars else 0, byte_budget, self.device)
 
     @property
     def autocast(self) -> bool:
@@ -296,6 +305,9 @@ class Engine:
     def update_memory(self, task: Task) -> None:
         if not self.method.uses_exemplars or self.memory.budget == 0:
             return
+        if isinstance(self.memory, EncodedExemplarMemory):
+            self.fill_memory_by_bytes(task)
+            return
         per_class = self.memory.per_class(task.total_classes)
         self.memory.shrink(per_class)
         train = self.data.train
@@ -304,14 +316,54 @@ class Engine:
             self.memory.add_class(label, train.images(rows[self.selection_order(train, rows, per_class, label)]))
         self.memory.check_budget()
 
-    def selection_order(self, source: BatchSource, rows: torch.Tensor, count: int, label: int) -> torch.Tensor:
+    def fill_memory_by_bytes(self, task: Task) -> None:
+        """Fill the byte budget with the same count m for every class (EncodedExemplarMemory.fill).
+
+        Herding (or the random draw) orders the ORIGINAL images, before they are downsampled or
+        encoded: the order is the method's choice of what to keep, the format only how it is kept.
+        A prefix of a longer order is the shorter order, so the new classes' first `count` images are
+        ordered and encoded, and `count` doubles until m falls short of it (or covers the classes)."""
+        memory, train = self.memory, self.data.train
+        rows = {label: self.data.rows(train, label, label + 1) for label in range(task.known_classes, task.total_classes)}
+        largest = max(len(class_rows) for class_rows in rows.values())
+        features: dict[int, torch.Tensor] = {}
+        count = min(largest, self.first_candidate_count(task))
+        while True:
+            candidates = {label: memory.format.encode(train.images(class_rows[
+                self.selection_order(train, class_rows, count, label, features)])) for label, class_rows in rows.items()}
+            per_class = memory.per_class_fill(candidates)
+            if per_class < count or count >= largest:
+                break
+            count = min(largest, 2 * count)
+        memory.fill(candidates)
+
+    def first_candidate_count(self, task: Task) -> int:
+        """How many of each new class to order and encode first: one more than the budget's count at
+        the stored images' mean size so far (for the first task: the stored shape's raw bytes, which
+        JPEG undercuts), so that one round usually settles m."""
+        memory = self.memory
+        stored = len(memory)
+        mean = memory.stored_bytes() / stored if stored else float(
+            memory.format.fixed_image_bytes(self.data.image_shape) or
+            ExemplarFormat(downsample=memory.format.downsample).fixed_image_bytes(self.data.image_shape))
+        return int(memory.budget // (task.total_classes * mean)) + 1
+
+    def selection_order(self, source: BatchSource, rows: torch.Tensor, count: int, label: int,
+                        features: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+        """The first `count` of class `label`'s rows in selection order; `features` (when given) keeps
+        each class's herding features for a later, longer order of the same class."""
         if self.settings.selection == "random":
             # One stream per class: a shared seed would pick the same positions in every class.
             seed = stream_seed("class", self.settings.network_seed, label)
             return random_order(count, len(rows), torch.Generator().manual_seed(seed)).to(rows.device)
-        features, _ = extract(self.method.network, source, self.data.augmentation,
-                              self.settings.herding_batch_size, rows)
-        return herding_order(features, count).to(rows.device)
+        if features is not None and label in features:
+            return herding_order(features[label], count).to(rows.device)
+        class_features, _ = extract(self.method.network, source, self.data.augmentation,
+                                    self.settings.herding_batch_size, rows)
+        if features is not None:
+            features[label] = class_features
+        return herding_order(class_features, count).to(rows.device)
+
 
     def stored_images(self, task: Task) -> int:
         """Images the method holds after this task: its exemplars, or for joint every image seen."""
@@ -344,8 +396,12 @@ class Engine:
         return class_means(features, source.labels, task.total_classes)
 
     def audit(self, task: Task) -> dict[str, dict]:
-        """Bytes actually held after this task, under both counting policies."""
+        """Bytes actually held after this task, under both counting policies: a non-raw exemplar
+        memory at its real stored bytes (not its decoded working copy)."""
         stored = self.stored_images(task)
         network, teacher = self.method.network, self.method.teacher
-        return {policy: count_memory(network, policy, stored, self.data.image_shape, teacher).as_dict()
+        encoded = isinstance(self.memory, EncodedExemplarMemory) and not self.method.trains_on_all_data
+        stored_bytes = self.memory.stored_bytes() if encoded else None
+        return {policy: count_memory(network, policy, stored, self.data.image_shape, teacher,
+                                     stored_exemplar_bytes=stored_bytes).as_dict()
                 for policy in POLICIES}

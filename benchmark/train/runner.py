@@ -129,7 +129,10 @@ def engine_settings(run: Run, exemplars: int) -> EngineSettings:
     return EngineSettings(schedules=[first] + [later] * (num_tasks - 1), exemplars=exemplars,
                           selection=t["exemplar_selection"], augment=t["augment"], network_seed=run.network_seed,
                           precision=t["precision"], eval_batch_size=t["eval_batch_size"],
-                          herding_batch_size=t["herding_batch_size"])
+                          herding_batch_size=t["herding_batch_size"],
+                          # present only for non-raw formats (the grid's budget axis)
+                          exemplar_format=t.get("exemplar_format", "raw"),
+                          exemplar_byte_budget=t.get("exemplar_byte_budget"))
 
 
 def _tuple_milestones(schedule: dict) -> dict:
