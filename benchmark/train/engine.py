@@ -16,6 +16,8 @@ from budgets.accounting import POLICIES, count_memory
 from methods import Method, Task
 from methods.exemplar_formats import ExemplarFormat
 from methods.exemplars import EncodedExemplarMemory, ExemplarMemory, herding_order, new_memory, random_order
+from methods.networks import IncrementalNet
+from methods.storage import check_storage
 
 from benchmark.train.batches import Augmentation, BatchSource, TensorSource, concat, select
 from benchmark.train.evaluation import Accuracy, accuracy, class_means, extract, nme_predict
@@ -106,6 +108,15 @@ class EngineSettings:
     model_storage: str = "fp32"              # frozen blocks' dtype (methods/storage.py)
     storage_probe: tuple[str, ...] = ()      # dtypes whose conversion cost alone each task also measures
 
+    def __post_init__(self) -> None:
+        check_storage(self.model_storage)
+        for storage in self.storage_probe:
+            check_storage(storage)
+        if self.storage_probe and self.model_storage != "fp32":
+            raise ValueError(f"storage_probe {list(self.storage_probe)} measures converting an fp32 run's frozen "
+                             f"modules, but this run stores them as {self.model_storage}; probe an fp32 run "
+                             "(model_storage: fp32) or drop storage_probe")
+
 
 @dataclass
 class TaskResult:
@@ -119,6 +130,9 @@ class TaskResult:
     eval_seconds: float
     select_seconds: float
     epochs: list[dict] = field(default_factory=list)
+    # {dtype: {"cnn_accuracy", "nme_accuracy"}}: this task's evaluation of the network with its frozen
+    # modules stored in dtype (EngineSettings.storage_probe); empty when nothing was probed.
+    storage_probe: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def as_record(self) -> dict:
         nan = float("nan")
@@ -128,7 +142,8 @@ class TaskResult:
                 "nme_accuracy_per_task": self.nme.per_task if self.nme else [nan] * len(self.cnn.per_task),
                 "exemplars_stored": self.exemplars_stored, "memory": self.memory,
                 "train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds,
-                "select_seconds": self.select_seconds, "epochs": self.epochs}
+                "select_seconds": self.select_seconds, "epochs": self.epochs,
+                **({"storage_probe": self.storage_probe} if self.storage_probe else {})}
 
 
 class Engine:
@@ -196,7 +211,8 @@ class Engine:
         cnn, nme = self.evaluate(task)
         evaluated = time.perf_counter()
         result = TaskResult(task.index, task.total_classes, cnn, nme, self.stored_images(task), self.audit(task),
-                            trained - start, evaluated - selected, selected - trained, epochs)
+                            trained - start, evaluated - selected, selected - trained, epochs,
+                            self.probe_storage(task))
         nme_text = f", NME {nme.overall:.2f}%" if nme else ""
         self.log(f"task {task.index}: {task.total_classes} classes, CNN {cnn.overall:.2f}%{nme_text}, "
                  f"{result.exemplars_stored} images stored, train {result.train_seconds:.1f}s")
@@ -364,7 +380,6 @@ class Engine:
             features[label] = class_features
         return herding_order(class_features, count).to(rows.device)
 
-
     def stored_images(self, task: Task) -> int:
         """Images the method holds after this task: its exemplars, or for joint every image seen."""
         if self.method.trains_on_all_data:
@@ -383,6 +398,27 @@ class Engine:
         means = self.nme_means(task)
         nme = None if means is None else accuracy(nme_predict(features, means), labels, bounds)
         return cnn, nme
+
+    def probe_storage(self, task: Task) -> dict[str, dict[str, float]]:
+        """The conversion-cost probe: for each dtype of `settings.storage_probe`, this task's CNN and NME
+        accuracy of a copy of the network whose frozen modules are stored in that dtype (what a run
+        with that storage holds now, with this run's exemplars): the precision's cost alone, apart
+        from the exemplars a cheaper storage buys. The evaluation is `evaluate` itself (NME means from
+        the copy's features of the same stored images); nothing here draws random numbers."""
+        probed = {}
+        for storage in self.settings.storage_probe:
+            cnn, nme = self.evaluate_network(task, self.method.network.stored_as(storage))
+            probed[storage] = {"cnn_accuracy": cnn.overall, "nme_accuracy": nme.overall if nme else float("nan")}
+        return probed
+
+    def evaluate_network(self, task: Task, network: IncrementalNet) -> tuple[Accuracy, Accuracy | None]:
+        """`evaluate` with the method's network replaced by `network` for its duration."""
+        kept = self.method.network
+        self.method.network = network
+        try:
+            return self.evaluate(task)
+        finally:
+            self.method.network = kept
 
     def nme_means(self, task: Task) -> torch.Tensor | None:
         """Class means from the images the method holds; None when it holds none (Finetune)."""

@@ -104,7 +104,7 @@ def train_first_task(run: Run, results_root: Path, device: str, data_root: Path,
 def new_method(run: Run, name: str, options: dict | None = None):
     """The method with its network initialized from the run's network seed (reproducible)."""
     torch.manual_seed(run.network_seed)
-    return METHODS.get(name)(run.backbone, options)
+    return METHODS.get(name)(run.backbone, options, model_storage=run.training.get("model_storage", "fp32"))
 
 
 def new_engine(run: Run, data: RunData, settings: EngineSettings | None = None,
@@ -132,7 +132,8 @@ def engine_settings(run: Run, exemplars: int) -> EngineSettings:
                           herding_batch_size=t["herding_batch_size"],
                           # present only for non-raw formats (the grid's budget axis)
                           exemplar_format=t.get("exemplar_format", "raw"),
-                          exemplar_byte_budget=t.get("exemplar_byte_budget"))
+                          exemplar_byte_budget=t.get("exemplar_byte_budget"),
+                          model_storage=t.get("model_storage", "fp32"), storage_probe=tuple(t.get("storage_probe", ())))
 
 
 def _tuple_milestones(schedule: dict) -> dict:
