@@ -26,21 +26,24 @@ AUDITED_MB = [f"{policy}_total_mb" for policy in POLICIES]
 AUDITED = [column for pair in zip(AUDITED_BYTES, AUDITED_MB) for column in pair]  # bytes, MB per policy
 SUMMARY_METRICS = ACCURACY_METRICS + [*AUDITED_MB, "wall_seconds"]
 EXPERIMENT_KEYS = ["dataset", "scenario", "policy"]  # one figure set / printed block per value
-CURVE_KEYS = EXPERIMENT_KEYS + ["method"]
+# The budget axes beside the method: how exemplars are stored and the dtype of frozen blocks. A
+# method with its values on these axes is one configuration: one curve, one row, one rank.
+AXIS_KEYS = ["exemplar_format", "model_storage"]
+CURVE_KEYS = EXPERIMENT_KEYS + ["method", *AXIS_KEYS]
 # budget_mb and point_label are keys too: seeds that disagree on them would be a planning bug, and
 # a split row shows it instead of averaging it away.
 GROUP_KEYS = CURVE_KEYS + ["point", "point_label", "budget_mb"]
 
 RUN_COLUMNS = [
-    "run_id", "status", "experiment", "method", "dataset", "scenario", "point", "point_label",
+    "run_id", "status", "experiment", "method", *AXIS_KEYS, "dataset", "scenario", "point", "point_label",
     "budget_mb", "budget_bytes", "seed", "backbone", "num_backbones", "exemplars", "model_params",
     "policy", "planned_total_bytes", "planned_total_mb", *AUDITED, "tasks_completed", *ACCURACY_METRICS,
     "wall_seconds",
     "git_sha", "git_dirty", "torch", "device", "python", "hostname", "error_type", "error_message",
 ]
 TASK_COLUMNS = [
-    "run_id", "status", "method", "dataset", "scenario", "policy", "point", "point_label",
-    "budget_mb", "seed", "task", "classes_seen", "cnn_accuracy", "nme_accuracy",
+    "run_id", "status", "method", *AXIS_KEYS, "dataset", "scenario", "policy", "point",
+    "point_label", "budget_mb", "seed", "task", "classes_seen", "cnn_accuracy", "nme_accuracy",
     "exemplars_stored", *AUDITED_BYTES, "train_seconds", "eval_seconds",
 ]
 POINT_KEYS = EXPERIMENT_KEYS + ["point"]  # methods are compared with each other at one point
@@ -68,18 +71,28 @@ AUC_COLUMNS = [
 # mean rank over the blocks (dataset, scenario, policy, budget point, seed), whether the method is
 # in the group of the best, its group letters, the test autorank chose, its p-value, the Nemenyi
 # critical difference, the number of blocks, the methods not ranked and why, and notes.
-RANK_COLUMNS = ["metric", "method", "mean_rank", "rank_group_of_best", "rank_groups", "test",
+RANK_COLUMNS = ["metric", "method", *AXIS_KEYS, "mean_rank", "rank_group_of_best", "rank_groups", "test",
                 "p_value", "critical_difference", "blocks", "methods_left_out", "note"]
+# storage_cost.csv (benchmark.report.storage_cost): per fp32 run configuration, budget point and probed
+# dtype, the accuracy of the fp32 run, of the same run with its frozen blocks converted
+# (evaluation only) and of the run trained with that storage, over the tasks probed.
+STORAGE_COST_KINDS = ("fp32", "converted", "conversion_cost", "trained", "trained_gain")
+STORAGE_COST_COLUMNS = [*EXPERIMENT_KEYS, "method", "exemplar_format", "point", "point_label",
+                        "budget_mb", "probe_storage", "tasks_probed", "n_seeds", "n_trained_seeds",
+                        *(f"{kind}_{name}" for kind in KINDS for name in STORAGE_COST_KINDS)]
 CSV_COLUMNS = {"runs.csv": RUN_COLUMNS, "tasks.csv": TASK_COLUMNS,
-               "summary.csv": SUMMARY_COLUMNS, "auc.csv": AUC_COLUMNS, "ranks.csv": RANK_COLUMNS}
+               "summary.csv": SUMMARY_COLUMNS, "auc.csv": AUC_COLUMNS, "ranks.csv": RANK_COLUMNS,
+               "storage_cost.csv": STORAGE_COST_COLUMNS}
 
 # Counts and byte sizes stay integers in the CSV ("1", not "1.0"), with empty cells for missing.
 INT_COLUMNS = ["point", "budget_bytes", "seed", "num_backbones", "exemplars", "model_params",
                "planned_total_bytes", *AUDITED_BYTES, "tasks_completed",
-               "task", "classes_seen", "exemplars_stored", "n_seeds", "n_points"]
+               "task", "classes_seen", "exemplars_stored", "n_seeds", "n_points",
+               "tasks_probed", "n_trained_seeds"]
 FLOAT_COLUMNS = ["budget_mb", "planned_total_mb", *AUDITED_MB,
                  *ACCURACY_METRICS, "wall_seconds", "cnn_accuracy", "nme_accuracy",
                  "train_seconds", "eval_seconds",
+                 *(f"{kind}_{name}" for kind in KINDS for name in STORAGE_COST_KINDS),
                  *(f"{name}_{stat}" for name in [*COMPARED_METRICS, *AUC_NAMES]
                    for stat in ("ci95", "p_holm"))]
 # True / False, with an empty cell where no comparison is possible (one seed).
@@ -112,10 +125,15 @@ def method_rank(method: str) -> tuple[int, str]:
 
 
 def method_sort_key(column: pd.Series) -> pd.Series:
-    """`sort_values(key=...)`: methods by method_rank, every other column unchanged."""
-    if column.name != "method":
-        return column
-    return column.map(lambda name: "%03d %s" % method_rank(name))
+    """`sort_values(key=...)`: methods by method_rank, the axes by axis_rank (default first),
+    configuration labels by configuration_rank, every other column unchanged."""
+    if column.name == "method":
+        return column.map(lambda name: "%03d %s" % method_rank(name))
+    if column.name in AXIS_KEYS:
+        return column.map(lambda value: "%d %03d %s" % axis_rank(column.name, value))
+    if column.name == "configuration":
+        return column.map(lambda label: "%03d %s %d %03d %s %d %03d %s" % configuration_rank(label))
+    return column
 
 
 def method_color(method: str) -> str:
@@ -123,3 +141,72 @@ def method_color(method: str) -> str:
     if method in PAPER_METHODS:
         return PAPER_METHODS[method]
     return FALLBACK_COLORS[zlib.crc32(str(method).encode()) % len(FALLBACK_COLORS)]
+
+
+# ------------------------------------------------------------------------------ configurations
+
+# What a record without the axis keys (written before the axes existed) was run with.
+AXIS_DEFAULTS = {"exemplar_format": "raw", "model_storage": "fp32"}
+NOT_APPLICABLE = "n/a"  # the axis changes nothing for the method (Finetune's exemplars, Replay's blocks)
+# Stored-model precisions, most bytes first: the order of a method's variants.
+STORAGE_ORDER = ("fp32", "fp16", "bf16", "int8")
+
+
+def axis_value(record_cell: dict, axis: str) -> str:
+    """A cell's value on `axis`: the default for a record from before the axes existed."""
+    value = record_cell.get(axis)
+    return AXIS_DEFAULTS[axis] if value is None or value == "" else str(value)
+
+
+def with_axes(table: pd.DataFrame) -> pd.DataFrame:
+    """`table` with both axis columns, defaults where a table (an older CSV) lacks them."""
+    table = table.copy()
+    for axis, default in AXIS_DEFAULTS.items():
+        table[axis] = table[axis].fillna(default) if axis in table else default
+    return table
+
+
+def configuration(method: str, exemplar_format: str = "raw", model_storage: str = "fp32") -> str:
+    """"icarl", "icarl jpeg:50", "der int8", "der jpeg:50 fp16": the method and its values on
+    the axes that are neither the default nor "n/a" (the format first, then the precision)."""
+    variants = [str(value) for axis, value in (("exemplar_format", exemplar_format),
+                                               ("model_storage", model_storage))
+                if not pd.isna(value) and str(value) not in (AXIS_DEFAULTS[axis], NOT_APPLICABLE)]
+    return " ".join([str(method), *variants])
+
+
+def configurations(table: pd.DataFrame) -> pd.Series:
+    """The configuration label of each row of a table with `method` (and, if it has them, the
+    axis columns), aligned with its index."""
+    table = with_axes(table[[column for column in ["method", *AXIS_KEYS] if column in table]])
+    labels = [configuration(method, fmt, storage) for method, fmt, storage
+              in zip(table["method"], table["exemplar_format"], table["model_storage"])]
+    return pd.Series(labels, index=table.index, dtype=object, name="configuration")
+
+
+def has_variants(table: pd.DataFrame) -> bool:
+    """Whether some method of `table` has more than one configuration (the axes are in use)."""
+    labels = configurations(table)
+    return bool((labels.groupby(table["method"].to_numpy()).nunique() > 1).any())
+
+
+def axis_rank(axis: str, value) -> tuple[int, int, str]:
+    """Sort key of a value on an axis: the default first, "n/a" with it, known precisions by
+    bytes, other values A-Z."""
+    value = AXIS_DEFAULTS[axis] if pd.isna(value) else str(value)
+    if value in (AXIS_DEFAULTS[axis], NOT_APPLICABLE):
+        return 0, 0, ""
+    if axis == "model_storage" and value in STORAGE_ORDER:
+        return 1, STORAGE_ORDER.index(value), ""
+    return 2, 0, value
+
+
+def configuration_rank(label: str) -> tuple:
+    """Sort key of a configuration label: its method's rank, then its format, then its precision
+    (a label's words after the method are its non-default axis values)."""
+    method, *variants = str(label).split(" ")
+    storage = [value for value in variants if value in STORAGE_ORDER]
+    formats = [value for value in variants if value not in STORAGE_ORDER]
+    return (*method_rank(method),
+            *axis_rank("exemplar_format", formats[0] if formats else AXIS_DEFAULTS["exemplar_format"]),
+            *axis_rank("model_storage", storage[0] if storage else AXIS_DEFAULTS["model_storage"]))

@@ -3,6 +3,12 @@
 Every figure is saved as PNG and SVG. Figures are built with `matplotlib.figure.Figure` rather
 than pyplot: no global figure registry to leak or close, and no display needed (PNG goes through
 the Agg renderer whatever backend the caller has). A method keeps one colour in every figure.
+
+One curve per configuration (a method with its values on the budget axes, columns.configuration).
+When some method has several (exemplar formats, stored precisions), accuracy against memory is
+drawn as small multiples, one panel per such method: its configurations in its colour, each with
+its own line style and marker (the same in every figure), and the other methods' plain
+configuration thin and faded for reference; otherwise one panel as before.
 """
 from __future__ import annotations
 
@@ -17,13 +23,19 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 # The schema only: figures take finished tables and never import the code that builds them.
-from benchmark.report.columns import (EXPERIMENT_KEYS, KIND_NAMES, KINDS, method_color, method_rank,
-                               method_sort_key)
+from benchmark.report.columns import (AXIS_KEYS, EXPERIMENT_KEYS, KIND_NAMES, KINDS,
+                                      configuration_rank, configurations, has_variants,
+                                      method_color, method_sort_key, with_axes)
 
 KIND_LABELS = {"cnn": f"{KIND_NAMES['cnn']} (classifier) accuracy",
                "nme": f"{KIND_NAMES['nme']} (nearest-mean) accuracy"}
 BAND_ALPHA = 0.2
 GROUP_LABEL = "group of the best (paired t, Holm, 95 %)"
+# A method's configurations, in the order of columns.configuration_rank (the plain one first):
+# the k-th gets the k-th line style and marker, so a variant looks the same in every figure.
+LINE_STYLES = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+REFERENCE_ALPHA = 0.45  # other methods' plain curves in a method's panel
 
 
 def _unbudgeted_label(method: str) -> str:
@@ -45,8 +57,26 @@ def _stem(name: str, kind: str) -> str:
     return name if kind == "cnn" else f"{name}_{kind}"
 
 
-def _by_method(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    return sorted(table.groupby("method"), key=lambda item: method_rank(item[0]))
+def _by_configuration(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(configuration label, its rows), in the report's order (the method alone at the default
+    axis values, so the method's name when the experiment has no other values)."""
+    labels = configurations(table)
+    return sorted(table.groupby(labels.to_numpy()), key=lambda item: configuration_rank(item[0]))
+
+
+def _method_of(rows: pd.DataFrame) -> str:
+    return str(rows["method"].iloc[0])
+
+
+def _styles(table: pd.DataFrame) -> dict[str, tuple[object, str]]:
+    """Configuration label -> (line style, marker): by its place among its method's
+    configurations; (solid, "o") for a method's only or plain one."""
+    styles, seen = {}, {}
+    for label, rows in _by_configuration(table):
+        k = seen.setdefault(_method_of(rows), 0)
+        seen[_method_of(rows)] += 1
+        styles[label] = (LINE_STYLES[k % len(LINE_STYLES)], MARKERS[k % len(MARKERS)])
+    return styles
 
 
 def _legend_outside(figure: Figure, axes: list[Axes]) -> None:
@@ -68,13 +98,14 @@ def _check_one_experiment(table: pd.DataFrame) -> None:
                          f"{groups.to_dict('records')}")
 
 
-def _draw_curve(ax: Axes, curve: pd.DataFrame, method: str, metric: str) -> None:
+def _draw_curve(ax: Axes, curve: pd.DataFrame, label: str, metric: str,
+                style: tuple[object, str] = ("-", "o")) -> None:
     curve = curve.sort_values("budget_mb")
     memory = curve["budget_mb"].to_numpy(dtype=float)
     mean = curve[f"{metric}_mean"].to_numpy(dtype=float)
     std = curve[f"{metric}_std"].to_numpy(dtype=float)
-    color = method_color(method)
-    ax.plot(memory, mean, marker="o", color=color, label=method)
+    color = method_color(_method_of(curve))
+    ax.plot(memory, mean, marker=style[1], linestyle=style[0], color=color, label=label)
     # A band needs a spread: points with one seed (std NaN) get none.
     if np.isfinite(std).any():
         ax.fill_between(memory, mean - std, mean + std, color=color, alpha=BAND_ALPHA,
@@ -95,34 +126,100 @@ def _ring_group_of_the_best(ax: Axes, curve: pd.DataFrame, memory: np.ndarray,
                    linewidths=1.2, zorder=3, label=GROUP_LABEL)
 
 
-def _draw_unbudgeted(ax: Axes, rows: pd.DataFrame, method: str, metric: str) -> None:
+def _draw_unbudgeted(ax: Axes, rows: pd.DataFrame, label: str, metric: str) -> None:
     """Joint has no memory budget: a dashed horizontal line (band if several seeds)."""
     mean, std = rows[f"{metric}_mean"].mean(), rows[f"{metric}_std"].mean()
-    color = method_color(method)
-    ax.axhline(mean, linestyle="--", color=color, label=_unbudgeted_label(method))
+    color = method_color(_method_of(rows))
+    ax.axhline(mean, linestyle="--", color=color, label=_unbudgeted_label(label))
     if not math.isnan(std):
         ax.axhspan(mean - std, mean + std, color=color, alpha=BAND_ALPHA / 2, linewidth=0)
 
 
-def _memory_figure(summary: pd.DataFrame, metric: str, ylabel: str, title: str) -> Figure:
-    # constrained layout makes room for the "outside" legend instead of overlapping the axes
-    figure = Figure(figsize=(7.5, 4.5), layout="constrained")
-    ax = figure.subplots()
-    for method, rows in _by_method(summary):
+def _draw_configurations(ax: Axes, summary: pd.DataFrame, metric: str,
+                         styles: dict[str, tuple[object, str]]) -> None:
+    """Each configuration of `summary` in full: curve, band, rings; no budget: a dashed line."""
+    for label, rows in _by_configuration(summary):
         on_axis = rows[rows["budget_mb"].notna()]
         if len(on_axis):
-            _draw_curve(ax, on_axis, method, metric)
+            _draw_curve(ax, on_axis, label, metric, styles[label])
         if len(on_axis) < len(rows):
-            _draw_unbudgeted(ax, rows[rows["budget_mb"].isna()], method, metric)
+            _draw_unbudgeted(ax, rows[rows["budget_mb"].isna()], label, metric)
+
+
+def _memory_axes(ax: Axes, summary: pd.DataFrame) -> None:
     budgets = np.unique(summary["budget_mb"].dropna().to_numpy(dtype=float))
     if len(budgets):
         ax.set_xticks(budgets, [f"{mb:.1f}" for mb in budgets])
+    ax.grid(alpha=0.3)
+
+
+def _memory_figure(summary: pd.DataFrame, metric: str, ylabel: str, title: str) -> Figure:
+    if has_variants(summary):
+        return _memory_panels(summary, metric, ylabel, title)
+    # constrained layout makes room for the "outside" legend instead of overlapping the axes
+    figure = Figure(figsize=(7.5, 4.5), layout="constrained")
+    ax = figure.subplots()
+    _draw_configurations(ax, summary, metric, _styles(summary))
+    _memory_axes(ax, summary)
     ax.set_xlabel("memory budget (MB)")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.grid(alpha=0.3)
     _legend_outside(figure, [ax])
     return figure
+
+
+def _plain(rows_by_label: list[tuple[str, pd.DataFrame]]) -> tuple[str, pd.DataFrame]:
+    """A method's reference configuration: the one named by the method alone, else its first."""
+    for label, rows in rows_by_label:
+        if label == _method_of(rows):
+            return label, rows
+    return rows_by_label[0]
+
+
+def _memory_panels(summary: pd.DataFrame, metric: str, ylabel: str, title: str) -> Figure:
+    """Small multiples: one panel per method with several configurations, those drawn in full;
+    the other methods' plain configuration thin and faded (labelled once, where it is drawn
+    nowhere in full) and methods without a budget dashed, in every panel."""
+    styles = _styles(summary)
+    by_method: dict[str, list[tuple[str, pd.DataFrame]]] = {}
+    for label, rows in _by_configuration(summary):
+        by_method.setdefault(_method_of(rows), []).append((label, rows))
+    panels = [method for method, configs in by_method.items() if len(configs) > 1]
+    ncols = min(len(panels), 3)
+    nrows = math.ceil(len(panels) / ncols)
+    figure = Figure(figsize=(4.6 * ncols + 2.0, 3.6 * nrows + 0.6), layout="constrained")
+    axes = figure.subplots(nrows, ncols, squeeze=False, sharey=True).ravel()
+    for ax, method in zip(axes, panels):
+        own = summary[summary["method"] == method]
+        _draw_configurations(ax, own, metric, styles)
+        for other, configs in by_method.items():
+            if other != method:
+                label, rows = _plain(configs)
+                _draw_reference(ax, rows, label if other not in panels else "_nolegend_", metric)
+        _memory_axes(ax, summary)
+        ax.set_title(method, fontsize=10)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    figure.supxlabel("memory budget (MB)")
+    figure.supylabel(ylabel)
+    figure.suptitle(f"{title}\none panel per method with several configurations; faded: the "
+                    f"other methods' plain one", fontsize=10)
+    _legend_outside(figure, list(axes[: len(panels)]))
+    return figure
+
+
+def _draw_reference(ax: Axes, rows: pd.DataFrame, label: str, metric: str) -> None:
+    """Another method's curve in a method's panel: thin and faded, without band or rings."""
+    color = method_color(_method_of(rows))
+    on_axis = rows[rows["budget_mb"].notna()].sort_values("budget_mb")
+    if len(on_axis):
+        ax.plot(on_axis["budget_mb"].to_numpy(dtype=float),
+                on_axis[f"{metric}_mean"].to_numpy(dtype=float), color=color, linewidth=1,
+                alpha=REFERENCE_ALPHA, marker="o", markersize=3, label=label)
+    if len(on_axis) < len(rows):
+        ax.axhline(rows.loc[rows["budget_mb"].isna(), f"{metric}_mean"].mean(), linestyle="--",
+                   linewidth=1, color=color, alpha=REFERENCE_ALPHA,
+                   label=_unbudgeted_label(label) if not label.startswith("_") else label)
 
 
 def plot_accuracy_vs_memory(summary: pd.DataFrame, out_dir: Path, title: str,
@@ -155,12 +252,15 @@ def _panel_title(points: pd.DataFrame) -> str:
     return f"point {int(first['point'])}: {first['point_label']}, {first['budget_mb']:.1f} MB"
 
 
-def _draw_task_lines(ax: Axes, curves: pd.DataFrame, metric: str, dashed: bool) -> None:
-    for method, rows in _by_method(curves):
+def _draw_task_lines(ax: Axes, curves: pd.DataFrame, metric: str, dashed: bool,
+                     styles: dict[str, tuple[object, str]] | None = None) -> None:
+    """One line per configuration; with `styles` (an experiment with variants) each its style."""
+    for label, rows in _by_configuration(curves):
         mean = rows.groupby("classes_seen")[metric].mean()  # mean over seeds
-        label = _unbudgeted_label(method) if dashed else method
-        ax.plot(mean.index.to_numpy(dtype=float), mean.to_numpy(dtype=float), marker=".",
-                linestyle="--" if dashed else "-", color=method_color(method), label=label)
+        linestyle, marker = (styles or {}).get(label, ("-", "."))
+        ax.plot(mean.index.to_numpy(dtype=float), mean.to_numpy(dtype=float), marker=marker,
+                linestyle="--" if dashed else linestyle, color=method_color(_method_of(rows)),
+                label=_unbudgeted_label(label) if dashed else label)
 
 
 def plot_accuracy_per_task(tasks_table: pd.DataFrame, out_dir: Path, title: str,
@@ -183,10 +283,11 @@ def plot_accuracy_per_task(tasks_table: pd.DataFrame, out_dir: Path, title: str,
     nrows = math.ceil(len(panels) / ncols)
     figure = Figure(figsize=(4.2 * ncols, 3.4 * nrows), layout="constrained")
     axes = figure.subplots(nrows, ncols, squeeze=False, sharey=True).ravel()
+    styles = _styles(tasks) if has_variants(tasks) else None
     for ax, rows in zip(axes, panels):
         if rows is not None:
-            _draw_task_lines(ax, rows, metric, dashed=False)
-        _draw_task_lines(ax, unbudgeted, metric, dashed=True)
+            _draw_task_lines(ax, rows, metric, dashed=False, styles=styles)
+        _draw_task_lines(ax, unbudgeted, metric, dashed=True, styles=styles)
         ax.set_title(_panel_title(rows) if rows is not None else "no memory budget", fontsize=9)
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))  # whole classes
@@ -202,7 +303,7 @@ def plot_accuracy_per_task(tasks_table: pd.DataFrame, out_dir: Path, title: str,
 # ------------------------------------------------------------------------------------ AUC bars
 
 def _draw_auc_bars(ax: Axes, rows: pd.DataFrame) -> None:
-    rows = rows.sort_values("method", key=method_sort_key)
+    rows = with_axes(rows).sort_values(["method", *AXIS_KEYS], key=method_sort_key)
     x = np.arange(len(rows))
     colors = [method_color(method) for method in rows["method"]]
     width = 0.38
@@ -219,7 +320,9 @@ def _draw_auc_bars(ax: Axes, rows: pd.DataFrame) -> None:
         if has_std.any():
             ax.errorbar((x + offset)[has_std], values[has_std], yerr=std[has_std], fmt="none",
                         ecolor="black", capsize=3, linewidth=1)
-    ax.set_xticks(x, list(rows["method"]))
+    labels = list(configurations(rows))
+    many = any(" " in label for label in labels)  # variants: long labels, turned to fit
+    ax.set_xticks(x, labels, rotation=40 if many else 0, ha="right" if many else "center")
 
 
 def plot_auc_bars(auc_table: pd.DataFrame, out_dir: Path, title: str) -> list[Path]:
@@ -232,7 +335,8 @@ def plot_auc_bars(auc_table: pd.DataFrame, out_dir: Path, title: str) -> list[Pa
     if not kinds:
         raise ValueError("no finite AUC to plot")
     _check_one_experiment(finite)
-    figure = Figure(figsize=(max(5.0, 1.2 * finite["method"].nunique()) * len(kinds), 4.2),
+    bars = configurations(finite).nunique()
+    figure = Figure(figsize=(max(5.0, 1.2 * bars) * len(kinds), 4.2),
                     layout="constrained")
     axes = figure.subplots(1, len(kinds), squeeze=False, sharey=True).ravel()
     for ax, kind in zip(axes, kinds):

@@ -9,6 +9,10 @@ always the non-parametric ones: Friedman with the Nemenyi post-hoc test and its 
 Tukey HSD) is not used: the blocks are budget points of different accuracy, which only ranks
 inside a block make comparable, and its Tukey HSD treats the blocks as unpaired. docs/results.md
 explains the columns and what the ranks assume.
+
+What is ranked is a configuration: a method with its values on the budget axes (exemplar format,
+stored-model precision), named as columns.configuration names it ("icarl jpeg:50"; "icarl" alone at
+the default values), so that each variant of a method is ranked against every other.
 """
 from __future__ import annotations
 
@@ -21,7 +25,8 @@ from string import ascii_lowercase
 
 import pandas as pd
 
-from benchmark.report.columns import EXPERIMENT_KEYS, RANK_COLUMNS, method_rank
+from benchmark.report.columns import (AXIS_KEYS, EXPERIMENT_KEYS, RANK_COLUMNS, configuration_rank,
+                                      configurations, with_axes)
 
 ALPHA = 0.05       # family-wise, as autorank applies it to the omnibus and post-hoc tests
 MIN_BLOCKS = 5     # autorank raises ValueError below five rows ("performance estimations")
@@ -46,10 +51,14 @@ class Ranking:
     tied_with_best: dict[str, bool] = field(default_factory=dict)
     note: str = ""
 
-    def rows(self) -> list[dict]:
-        """ranks.csv's rows for this metric (none when there are no ranks)."""
+    def rows(self, axes: dict[str, dict] | None = None) -> list[dict]:
+        """ranks.csv's rows for this metric (none when there are no ranks). `axes`: configuration
+        label -> its method and axis values (the label's method and the defaults without it)."""
+        axes = axes or {}
         left_out = "; ".join(f"{method} ({why})" for method, why in self.left_out.items())
-        return [{"metric": self.metric, "method": method, "mean_rank": rank,
+        return [{"metric": self.metric,
+                 **axes.get(method, {"method": method, **dict.fromkeys(AXIS_KEYS)}),
+                 "mean_rank": rank,
                  "rank_group_of_best": self.tied_with_best[method],
                  "rank_groups": self.groups[method], "test": self.test, "p_value": self.p_value,
                  "critical_difference": self.critical_difference, "blocks": self.blocks,
@@ -61,9 +70,11 @@ class Ranking:
 
 def blocks_table(runs: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, dict[str, str]]:
     """Blocks as rows (one per dataset, scenario, policy, budget point and seed with a complete
-    budgeted run), methods as columns: `metric` of each complete run. Only methods with a value in
-    every block are kept; the others are returned as {method: why it is left out}."""
+    budgeted run), configurations as columns (under `method`: the method alone at the default
+    axis values): `metric` of each complete run. Only configurations with a value in every block
+    are kept; the others are returned as {configuration: why it is left out}."""
     complete = runs[runs["status"] == "complete"]
+    complete = complete.assign(method=configurations(complete))
     budgeted = complete["budget_mb"].notna() & complete["point"].notna()
     left_out = {method: "no memory budget"
                 for method in _ordered(set(complete["method"]) - set(complete.loc[budgeted,
@@ -82,11 +93,11 @@ def blocks_table(runs: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, dict[st
             for what, count in (("no complete run", without_run), (f"no {metric}", without_value))
             if count)
     kept = wide.loc[:, wide.notna().all(axis=0)]
-    return kept, dict(sorted(left_out.items(), key=lambda item: method_rank(item[0])))
+    return kept, dict(sorted(left_out.items(), key=lambda item: configuration_rank(item[0])))
 
 
 def _ordered(methods) -> list[str]:
-    return sorted(methods, key=method_rank)
+    return sorted(methods, key=configuration_rank)
 
 
 def _too_small(wide: pd.DataFrame, left_out: dict[str, str]) -> str:
@@ -151,9 +162,10 @@ def _fill(ranking: Ranking, result, alpha: float) -> None:
     rankdf = result.rankdf
     # autorank orders rankdf worst first under order="descending"; the order is set here.
     if result.posthoc == "nemenyi":
-        order = sorted(rankdf.index, key=lambda m: (rankdf.at[m, "meanrank"], method_rank(m)))
+        order = sorted(rankdf.index, key=lambda m: (rankdf.at[m, "meanrank"], configuration_rank(m)))
     else:  # Wilcoxon (two methods) compares medians: the best has the higher one
-        order = sorted(rankdf.index, key=lambda m: (-float(rankdf.at[m, "median"]), method_rank(m)))
+        order = sorted(rankdf.index, key=lambda m: (-float(rankdf.at[m, "median"]),
+                                                     configuration_rank(m)))
     ranking.mean_rank = {method: float(rankdf.at[method, "meanrank"]) for method in order}
     if not math.isfinite(ranking.p_value):
         tied = lambda first, second: True  # noqa: E731 (no test result: nothing is told apart)
@@ -198,8 +210,18 @@ def ranks_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
     """ranks.csv (columns: columns.RANK_COLUMNS) for every metric of RANKED_METRICS that can be
     ranked, and {metric: why it has no ranks} for the others."""
     rankings = [rank_methods(runs, metric) for metric in RANKED_METRICS]
-    rows = [row for ranking in rankings for row in ranking.rows()]
+    axes = _axes_of(runs)
+    rows = [row for ranking in rankings for row in ranking.rows(axes)]
     table = pd.DataFrame(rows, columns=RANK_COLUMNS).astype(
         {"mean_rank": "float64", "p_value": "float64", "critical_difference": "float64",
          "blocks": "Int64", "rank_group_of_best": "boolean"})
     return table, {ranking.metric: ranking.reason for ranking in rankings if ranking.reason}
+
+
+def _axes_of(runs: pd.DataFrame) -> dict[str, dict]:
+    """Configuration label -> {"method": ..., "exemplar_format": ..., "model_storage": ...}, as
+    runs.csv has them (a run record from before the axes: raw, fp32)."""
+    table = with_axes(runs[[column for column in ["method", *AXIS_KEYS] if column in runs]])
+    table = table.assign(configuration=configurations(table)).drop_duplicates("configuration")
+    return {row["configuration"]: {key: row[key] for key in ["method", *AXIS_KEYS]}
+            for _, row in table.iterrows()}

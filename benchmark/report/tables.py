@@ -13,11 +13,12 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from benchmark.report.columns import (ACCURACY_METRICS, AUC_COLUMNS, AUC_NAMES, BOOL_COLUMNS,
-                               COMPARED_METRICS, CURVE_KEYS, EXPERIMENT_KEYS,
-                               FLOAT_COLUMNS, GROUP_KEYS, INT_COLUMNS, KIND_NAMES, KINDS,
-                               POINT_KEYS, RUN_COLUMNS, SUMMARY_COLUMNS, SUMMARY_METRICS,
-                               TASK_COLUMNS, method_sort_key)
+from benchmark.report.columns import (ACCURACY_METRICS, AUC_COLUMNS, AUC_NAMES, AXIS_KEYS,
+                                      BOOL_COLUMNS, COMPARED_METRICS, CURVE_KEYS, EXPERIMENT_KEYS,
+                                      FLOAT_COLUMNS, GROUP_KEYS, INT_COLUMNS, KIND_NAMES, KINDS,
+                                      POINT_KEYS, RUN_COLUMNS, SUMMARY_COLUMNS, SUMMARY_METRICS,
+                                      TASK_COLUMNS, axis_value, configurations, has_variants,
+                                      method_sort_key)
 from benchmark.records.metrics import accuracy_per_memory, area_under_curve
 from benchmark.report.ranks import TEST_NAMES
 from benchmark.report.statistics import (ALPHA, POWER, RESOLVE, compare_with_best,
@@ -39,7 +40,9 @@ def _cell_columns(record: dict) -> dict:
     cell = record.get("cell") or {}
     return {
         "run_id": record.get("run_id"), "status": record.get("status"),
-        "method": cell.get("method"), "dataset": cell.get("dataset"),
+        "method": cell.get("method"),
+        **{axis: axis_value(cell, axis) for axis in AXIS_KEYS},  # old records: raw, fp32
+        "dataset": cell.get("dataset"),
         "scenario": cell.get("scenario"), "policy": cell.get("policy"),
         "point": cell.get("point"), "point_label": cell.get("point_label"),
         "budget_mb": cell.get("budget_mb"), "seed": cell.get("seed"),
@@ -94,7 +97,11 @@ def _typed(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def sorted_table(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """Sort with methods in columns.method_order() (not A-Z) and missing points last."""
+    """Sort with methods in columns.method_order() (not A-Z), each method's configurations after
+    it (default axis values first) and missing points last."""
+    if "method" in by:  # a method's configurations sort under it, whatever the caller listed
+        at = by.index("method") + 1
+        by = [*by[:at], *(axis for axis in AXIS_KEYS if axis not in by), *by[at:]]
     by = [column for column in by if column in table.columns]
     ordered = table.sort_values(by, key=method_sort_key, na_position="last", kind="stable")
     return ordered.reset_index(drop=True)
@@ -123,7 +130,8 @@ def _summary_row(keys: tuple, group: pd.DataFrame) -> dict:
     row = dict(zip(GROUP_KEYS, keys)) | {"n_seeds": group["seed"].nunique()}
     if len(group) > row["n_seeds"]:
         warnings.warn(f"{len(group)} complete runs but {row['n_seeds']} distinct seeds for "
-                      f"{row['method']} at point {row['point']}: duplicates are averaged in",
+                      f"{group['configuration'].iloc[0]} at point {row['point']}: duplicates are "
+                      f"averaged in",
                       stacklevel=3)
     for metric in SUMMARY_METRICS:
         values = pd.to_numeric(group[metric], errors="coerce")
@@ -134,10 +142,18 @@ def _summary_row(keys: tuple, group: pd.DataFrame) -> dict:
     return row
 
 
+def with_configuration(table: pd.DataFrame) -> pd.DataFrame:
+    """`table` with a `configuration` column (columns.configuration of each row)."""
+    return table.assign(configuration=configurations(table))
+
+
 def per_seed(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Seeds as rows, methods as columns: `metric` of each run (the pairs the tests compare)."""
-    values = runs[["seed", "method"]].assign(value=pd.to_numeric(runs[metric], errors="coerce"))
-    return values.pivot_table(index="seed", columns="method", values="value", aggfunc="mean")
+    """Seeds as rows, configurations (a method with its axis values; the method alone at the
+    default ones) as columns: `metric` of each run (the pairs the tests compare)."""
+    values = with_configuration(runs)[["seed", "configuration"]].assign(
+        value=pd.to_numeric(runs[metric], errors="coerce"))
+    return values.pivot_table(index="seed", columns="configuration", values="value",
+                              aggfunc="mean")
 
 
 def _comparison_cells(result: pd.DataFrame, method: str, name: str) -> dict:
@@ -153,13 +169,14 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
     whether each method is distinguishable from the best one at its point; complete runs only."""
     rows = []
     # dropna=False keeps joint, whose point and budget are missing by design.
-    for _, at_point in _complete(runs).groupby(POINT_KEYS, dropna=False, sort=False):
+    complete = with_configuration(_complete(runs))
+    for _, at_point in complete.groupby(POINT_KEYS, dropna=False, sort=False):
         compared = {metric: compare_with_best(per_seed(at_point, metric))
                     for metric in COMPARED_METRICS}
         for keys, group in at_point.groupby(GROUP_KEYS, dropna=False, sort=False):
             row = _summary_row(keys, group)
             for metric, result in compared.items():
-                row |= _comparison_cells(result, row["method"], metric)
+                row |= _comparison_cells(result, group["configuration"].iloc[0], metric)
             rows.append(row)
     table = _typed(pd.DataFrame(rows, columns=SUMMARY_COLUMNS))
     return sorted_table(table, [*CURVE_KEYS, "point"])
@@ -213,16 +230,16 @@ def _auc_row(curve: pd.DataFrame, runs: pd.DataFrame, kind: str) -> dict:
 
 
 def _compare_aucs(table: pd.DataFrame, aucs: list[dict[str, pd.Series]]) -> pd.DataFrame:
-    """Per experiment and kind, each method's per-seed AUCs against the best method's: only
+    """Per experiment and kind, each configuration's per-seed AUCs against the best one's: only
     curves over the whole memory range (no note) are compared. `aucs[i]` belongs to row i."""
+    labels = configurations(table)
     for _, rows in table.groupby([*EXPERIMENT_KEYS, "kind"], dropna=False, sort=False):
         comparable = [i for i in rows.index if table.loc[i, "note"] == ""]
         for name in AUC_NAMES:
-            wide = pd.DataFrame({table.loc[i, "method"]: aucs[i][name] for i in comparable})
+            wide = pd.DataFrame({labels[i]: aucs[i][name] for i in comparable})
             result = compare_with_best(wide)
             for i in comparable:
-                for column, value in _comparison_cells(result, table.loc[i, "method"],
-                                                       name).items():
+                for column, value in _comparison_cells(result, labels[i], name).items():
                     table.at[i, column] = value
     return table
 
@@ -272,11 +289,11 @@ def _accuracy_grid(group: pd.DataFrame) -> pd.DataFrame:
     by_budget = group.sort_values("budget_mb", na_position="last")
     budgets = list(dict.fromkeys(_budget_label(row) for _, row in by_budget.iterrows()))
     columns = pd.MultiIndex.from_product([budgets, [KIND_NAMES[kind] for kind in KINDS]])
-    rows = sorted_table(group, ["method", "point"])
-    grid = pd.DataFrame("", index=list(dict.fromkeys(rows["method"])), columns=columns)
+    rows = with_configuration(sorted_table(group, ["method", "point"]))
+    grid = pd.DataFrame("", index=list(dict.fromkeys(rows["configuration"])), columns=columns)
     for _, row in rows.iterrows():
         for kind in KINDS:
-            grid.loc[row["method"], (_budget_label(row), KIND_NAMES[kind])] = mean_std(
+            grid.loc[row["configuration"], (_budget_label(row), KIND_NAMES[kind])] = mean_std(
                 row[f"{kind}_average_accuracy_mean"], row[f"{kind}_average_accuracy_std"])
     return grid
 
@@ -306,10 +323,10 @@ def group_mark(tied, p_holm: float) -> str:
 def _groups_grid(group: pd.DataFrame) -> pd.DataFrame:
     """_accuracy_grid's shape; each cell the interval and the mark of average accuracy."""
     grid = _accuracy_grid(group)
-    for _, row in group.iterrows():
+    for _, row in with_configuration(group).iterrows():
         for kind in KINDS:
             metric = f"{kind}_average_accuracy"
-            grid.loc[row["method"], (_budget_label(row), KIND_NAMES[kind])] = _interval_mark(
+            grid.loc[row["configuration"], (_budget_label(row), KIND_NAMES[kind])] = _interval_mark(
                 row[f"{metric}_ci95"], row[f"{metric}_tied_with_best"],
                 row[f"{metric}_p_holm"], 1)
     return grid
@@ -328,21 +345,59 @@ def format_summary(summary: pd.DataFrame) -> str:
     blocks = []
     tied = [f"{kind}_average_accuracy_tied_with_best" for kind in KINDS]
     for (dataset, scenario, policy), group in summary.groupby(EXPERIMENT_KEYS, dropna=False):
+        best = "\n".join(best_lines(group)) if has_variants(group) else ""
         blocks.append(f"{dataset} {scenario} ({policy} policy): average incremental accuracy "
                       f"(%), CNN and NME, mean ± std over seeds\n"
                       f"{_accuracy_grid(group).to_string()}\n"
-                      f"{_groups_block(_groups_grid(group), group[tied])}")
+                      f"{_groups_block(_groups_grid(group), group[tied])}"
+                      + (f"\n{best}" if best else ""))
     return "\n\n".join(blocks)
+
+
+def best_configurations(summary: pd.DataFrame, kind: str = "cnn") -> pd.DataFrame:
+    """Per experiment and budget point (budgeted ones, ascending): the configuration with the
+    highest mean average accuracy of `kind` (the first in the report's order on a tie), its mean,
+    and the other configurations in the group of the best there (`tied`, comma-separated; empty
+    where none or no comparison was possible)."""
+    metric = f"{kind}_average_accuracy"
+    rows = []
+    budgeted = with_configuration(sorted_table(summary[summary["budget_mb"].notna()],
+                                               [*EXPERIMENT_KEYS, "point", "method"]))
+    for _, at_point in budgeted.groupby([*EXPERIMENT_KEYS, "point"], sort=False):
+        means = at_point[f"{metric}_mean"].astype(float)
+        if not means.notna().any():
+            continue
+        best = at_point.loc[means.idxmax()]
+        tied = at_point[at_point[f"{metric}_tied_with_best"].astype("boolean").fillna(False)
+                        .astype(bool) & (at_point.index != best.name)]
+        rows.append({**{key: best[key] for key in EXPERIMENT_KEYS}, "point": best["point"],
+                     "point_label": best["point_label"], "budget_mb": best["budget_mb"],
+                     "configuration": best["configuration"], "mean": float(means[best.name]),
+                     "tied": ", ".join(tied["configuration"])})
+    return pd.DataFrame(rows, columns=[*EXPERIMENT_KEYS, "point", "point_label", "budget_mb",
+                                       "configuration", "mean", "tied"])
+
+
+def best_lines(summary: pd.DataFrame) -> list[str]:
+    """"best at 1.41 MB: icarl jpeg:50 (CNN avg 21.3)", one line per budget point of one
+    experiment, then the configurations that cannot be told apart from it, if any."""
+    lines = []
+    for _, row in best_configurations(summary).iterrows():
+        tied = f"; not told apart from it: {row['tied']}" if row["tied"] else ""
+        lines.append(f"best at {row['budget_mb']:.2f} MB: {row['configuration']} "
+                     f"(CNN avg {row['mean']:.1f}){tied}")
+    return lines
 
 
 def _auc_grid(group: pd.DataFrame) -> pd.DataFrame:
     """Methods as rows; AUC-A and AUC-L of CNN and of NME side by side, then the notes."""
     pairs = [(KIND_NAMES[kind], name) for kind in KINDS for name in ("AUC-A", "AUC-L")]
     columns = pd.MultiIndex.from_tuples([*pairs, ("", "note")])
-    grid = pd.DataFrame("", index=list(dict.fromkeys(group["method"])), columns=columns)
+    group = with_configuration(group)
+    grid = pd.DataFrame("", index=list(dict.fromkeys(group["configuration"])), columns=columns)
     notes: dict[str, dict[str, str]] = {}
     for _, row in group.iterrows():
-        kind, method = KIND_NAMES[row["kind"]], row["method"]
+        kind, method = KIND_NAMES[row["kind"]], row["configuration"]
         grid.loc[method, (kind, "AUC-A")] = mean_std(row["auc_average"], row["auc_average_std"], 3)
         grid.loc[method, (kind, "AUC-L")] = mean_std(row["auc_last"], row["auc_last_std"], 3)
         if row["note"]:
@@ -358,9 +413,9 @@ def _auc_grid(group: pd.DataFrame) -> pd.DataFrame:
 def _auc_groups_grid(group: pd.DataFrame) -> pd.DataFrame:
     """_auc_grid's shape without notes; each cell the interval and the mark of the AUC."""
     grid = _auc_grid(group).drop(columns=[("", "note")])
-    for _, row in group.iterrows():
+    for _, row in with_configuration(group).iterrows():
         for name, label in zip(AUC_NAMES, ("AUC-A", "AUC-L")):
-            grid.loc[row["method"], (KIND_NAMES[row["kind"]], label)] = _interval_mark(
+            grid.loc[row["configuration"], (KIND_NAMES[row["kind"]], label)] = _interval_mark(
                 row[f"{name}_ci95"], row[f"{name}_tied_with_best"], row[f"{name}_p_holm"], 3)
     return grid
 
@@ -389,8 +444,10 @@ def _ranking_lines(rows: pd.DataFrame) -> list[str]:
     test = TEST_NAMES.get(first["test"], first["test"])
     cd = first["critical_difference"]
     cd = "" if pd.isna(cd) else f", CD = {cd:.2f}"  # Nemenyi only
-    ranks = ", ".join(f"{row['method']} {row['mean_rank']:.2f}" for _, row in rows.iterrows())
-    best = rows.loc[rows["rank_group_of_best"].astype(bool), "method"]
+    rows = with_configuration(rows)  # ranked are configurations; the method alone at the defaults
+    ranks = ", ".join(f"{row['configuration']} {row['mean_rank']:.2f}"
+                      for _, row in rows.iterrows())
+    best = rows.loc[rows["rank_group_of_best"].astype(bool), "configuration"]
     lines = [f"Ranks across the curve ({_metric_name(first['metric'])}, {test}, p = "
              f"{first['p_value']:.3g}{cd}, {first['blocks']} blocks): {ranks}; cannot be told "
              f"apart from the best: {', '.join(best)}"]

@@ -6,8 +6,9 @@ trains). Only records of the current grid are reported, each at the grid's cells
 of budgets, Finetune's one run is reported at the new budget points, and records of runs the grid
 no longer has are left out with a warning that names them.
 
-Output in `<experiment_dir>/`: runs.csv, tasks.csv, summary.csv, auc.csv, ranks.csv and plots/ (every column
-is explained in docs/results.md), and report.html, one self-contained page of all of it
+Output in `<experiment_dir>/`: runs.csv, tasks.csv, summary.csv, auc.csv, ranks.csv,
+storage_cost.csv (when runs probed their stored precision) and plots/ (every column is explained
+in docs/results.md), and report.html, one self-contained page of all of it
 (benchmark.report.page). The set is replaced as a whole: everything is built in a staging folder
 first, so a failure or a kill while building leaves the previous set untouched.
 
@@ -35,6 +36,8 @@ from benchmark.files import write_json_atomic
 from benchmark.report.page import PAGE, write_page
 from benchmark.report.ranks import ranks_table
 from benchmark.report.spread import format_mixed_numerics, mixed_numerics
+from benchmark.report.storage_cost import (STORAGE_COST, format_storage_cost, has_probes,
+                                           storage_cost_table)
 from benchmark.report.tables import (auc_table, format_auc, format_ranks, format_seeds_needed,
                                      format_summary, runs_table, summary_table, tasks_table)
 
@@ -167,6 +170,12 @@ def _build(records: list[dict], staging: Path, experiment_dir: Path) -> tuple[li
     if len(ranks):
         ranks.to_csv(staging / "ranks.csv", index=False)
         files.append(staging / "ranks.csv")
+    storage_cost = ""
+    if has_probes(records):  # fp32 runs that measured their frozen blocks at other precisions
+        costs = storage_cost_table(records)
+        costs.to_csv(staging / STORAGE_COST, index=False)
+        files.append(staging / STORAGE_COST)
+        storage_cost = f"\n\n{format_storage_cost(costs)}" if len(costs) else ""
     files += _write_plots(staging / PLOT_DIR, summary, tasks, auc)
     # The page shows every file above: keep it last, after any CSV or plot added to the set.
     files.append(write_page(staging, experiment_dir, records, load_experiment_file(experiment_dir)))
@@ -177,7 +186,8 @@ def _build(records: list[dict], staging: Path, experiment_dir: Path) -> tuple[li
     seeds = format_seeds_needed(runs)  # planning the next grid's seeds; empty with one seed
     tail = f"\n\n{seeds}" if seeds else ""
     ranked = f"\n\n{format_ranks(ranks, no_ranks)}"
-    return files, f"{head}\n{format_summary(summary)}\n\n{format_auc(auc)}{ranked}{tail}"
+    return files, (f"{head}\n{format_summary(summary)}\n\n{format_auc(auc)}{ranked}"
+                   f"{storage_cost}{tail}")
 
 
 def _finish_move(staging: Path, experiment_dir: Path) -> None:
