@@ -30,7 +30,8 @@ NAME = "cifar100_b0inc10_paper"
 SECTIONS = ["experiment-file", "plan", "curves", "tables", "per-task", "memory", "failed", "cost",
             "provenance"]
 # Tables each section holds: summary (average, last) and AUC; per-task CNN and NME.
-TABLES = {"experiment-file": 0, "plan": 1, "curves": 0, "tables": 3, "per-task": 2, "memory": 1,
+# Memory: the audit per run, then the stored bytes per configuration and budget point.
+TABLES = {"experiment-file": 0, "plan": 1, "curves": 0, "tables": 3, "per-task": 2, "memory": 2,
           "failed": 1, "cost": 1, "provenance": 1}
 EXPERIMENT_FILE = {"name": f"{NAME}.yaml",
                    "keys": {"name": NAME, "dataset": "cifar100", "scenario": "B0Inc10",
@@ -211,6 +212,9 @@ def test_plan_memory_audit_cost_and_provenance(page):
     assert "19 of 19 run-cells with a budget stayed within it" in memory
     assert page.row("memory", 0, ["memo", "20.00 MB (resnet20)", "1994"])[4:] == [
         "3", "20,971,520", "20,971,520", "20,971,520", "0", "yes"]
+    # the paper bytes of the last task: 6,144,000 of exemplars, the rest of 12 MB the model
+    assert page.row("memory", 1, ["der", "12.00 MB (resnet14)"]) == [
+        "der", "12.00 MB (resnet14)", "2", "6,144,000", "6,438,912", "12,582,912"]
     # 9 runs of 103 s (seed 1993) and 9 of 104 s, joint 103 s: 1966 s; the failed run has no time
     assert page.row("cost", 0, ["total"]) == ["total", "20", "1", "0:32:46", "0.55", "cpu x 20"]
     assert ["git commit", "abc123 (clean)", "20"] in page.tables["provenance"][0]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.files import write_atomic
-from benchmark.report.columns import EXPERIMENT_KEYS, method_rank
+from benchmark.report.columns import EXPERIMENT_KEYS, configuration_rank, configurations
 from benchmark.report.page import (Paragraph, Section, Table, auc_tables, environment, figures,
                                    provenance_rows, scrub_paths)
 from benchmark.report.tables import mean_std
@@ -40,9 +40,12 @@ def _budget_column(budget_mb) -> str:
 
 
 def _columns_of(name: str, auc: pd.DataFrame, summary: pd.DataFrame) -> list[tuple[str, str, dict]]:
-    """(group label, column label, {method: cell}) per column this experiment adds to the combined
-    table: one group per dataset / scenario / policy it holds."""
+    """(group label, column label, {configuration: cell}) per column this experiment adds to the
+    combined table: one group per dataset / scenario / policy it holds."""
     columns = []
+    # a method with its exemplar format and stored precision is a row of its own
+    auc = auc.assign(method=configurations(auc))
+    summary = summary.assign(method=configurations(summary))
     groups = list(summary.groupby(EXPERIMENT_KEYS, dropna=False, sort=False))
     for keys, rows in groups:
         label = name if len(groups) == 1 else f"{name}: {' '.join(map(str, keys))}"
@@ -61,7 +64,7 @@ def combined_section(experiments: list[tuple[str, pd.DataFrame | None, pd.DataFr
     """Methods as rows; per experiment its CNN AUC-A and CNN average accuracy per budget point."""
     columns = [column for name, auc, summary in experiments if summary is not None
                for column in _columns_of(name, auc, summary)]
-    methods = sorted({method for _, _, cells in columns for method in cells}, key=method_rank)
+    methods = sorted({method for _, _, cells in columns for method in cells}, key=configuration_rank)
     groups: list[tuple[str, int]] = [("", 1)]
     for label, _, _ in columns:
         if groups[-1][0] == label:
@@ -116,6 +119,7 @@ def spread_section(folders: list[Path]) -> Section | None:
         if pairs.empty:
             continue
         blocks.append(Paragraph(f"{folder.name} - {folders[0].name}: {numerical_spread(pairs).line()}."))
+        pairs = pairs.assign(method=configurations(pairs))
         rows = [[row.method, "-" if pd.isna(row.point) else str(int(row.point)), str(int(row.seed)),
                  f"{row.a:.2f}", f"{row.b:.2f}", f"{row.difference:+.2f}"]
                 for row in pairs.sort_values(["point", "method", "seed"], key=_order).itertuples()]
@@ -134,7 +138,7 @@ def spread_section(folders: list[Path]) -> Section | None:
 
 
 def _order(column: pd.Series) -> pd.Series:
-    return column.map(method_rank) if column.name == "method" else column
+    return column.map(configuration_rank) if column.name == "method" else column
 
 
 def experiment_section(number: int, folder: Path, page_dir: Path) -> Section:

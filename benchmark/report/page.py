@@ -10,6 +10,10 @@ Self-contained: no network (no external CSS, script or font; the figures are the
 inline) and no path of the machine that wrote it: files of the set are named relative to the
 experiment folder, and any path in an error message goes through `scrub_paths`.
 
+Rows are configurations (a method with its exemplar format and stored precision,
+columns.configuration; the method alone at the defaults), so an experiment without those axes
+shows its methods as before.
+
 The templates (Jinja2, autoescaped) are in benchmark/report/templates/. The comparison page of
 several experiments (benchmark.report.compare) reuses the tables and blocks defined here.
 """
@@ -28,9 +32,12 @@ import jinja2
 import pandas as pd
 import yaml
 
-from benchmark.report.columns import EXPERIMENT_KEYS, KIND_NAMES, KINDS
+from benchmark.report.columns import (AXIS_KEYS, EXPERIMENT_KEYS, KIND_NAMES, KINDS, axis_value,
+                                      configuration, has_variants, with_axes)
 from benchmark.report.spread import format_mixed_numerics, mixed_numerics, numerics_text
-from benchmark.report.tables import GROUPS_LEGEND, NO_COMPARISON, group_mark, mean_std, sorted_table
+from benchmark.report.storage_cost import STORAGE_COST, STORAGE_COST_LEGEND
+from benchmark.report.tables import (GROUPS_LEGEND, NO_COMPARISON, best_configurations, group_mark,
+                                     mean_std, sorted_table, with_configuration)
 
 PAGE = "report.html"
 RANKS = "ranks.csv"  # critical-difference mean ranks across budget points, when the set has them
@@ -262,13 +269,15 @@ PLAN_KEYS = ["method", "point", "point_label", "budget_mb", "backbone", "num_bac
 
 def plan_section(records: list[dict]) -> Section:
     """Each cell of the grid once, whatever its number of seeds: how its budget is spent."""
-    cells = pd.DataFrame([record.get("cell") or {} for record in records])
-    cells = cells.reindex(columns=[*EXPERIMENT_KEYS, *PLAN_KEYS, "seed"])
+    cells = pd.DataFrame([(record.get("cell") or {})
+                          | {axis: axis_value(record.get("cell") or {}, axis) for axis in AXIS_KEYS}
+                          for record in records])
+    cells = cells.reindex(columns=[*EXPERIMENT_KEYS, *PLAN_KEYS, *AXIS_KEYS, "seed"])
     cells["point"] = pd.to_numeric(cells["point"], errors="coerce")
-    keys = [*EXPERIMENT_KEYS, *PLAN_KEYS]
+    keys = [*EXPERIMENT_KEYS, *PLAN_KEYS, *AXIS_KEYS]
     seeds = cells.groupby(keys, dropna=False, sort=False)["seed"].agg(
         lambda values: ", ".join(str(int(seed)) for seed in sorted(set(values.dropna()))))
-    plan = sorted_table(seeds.reset_index(), [*EXPERIMENT_KEYS, "method", "point"])
+    plan = with_configuration(sorted_table(seeds.reset_index(), [*EXPERIMENT_KEYS, "method", "point"]))
     section = Section("plan", "Plan")
     section.blocks.append(Paragraph(
         "Each cell of the grid: how its memory budget is spent on the model (backbone x number "
@@ -277,7 +286,7 @@ def plan_section(records: list[dict]) -> Section:
         section.blocks.append(Table(
             ["method", "point", "budget MB", "backbone x num", "model bytes", "exemplars",
              "exemplar bytes", "total bytes", "seeds"],
-            [[row["method"], _point(row), _number(row["budget_mb"], 3),
+            [[row["configuration"], _point(row), _number(row["budget_mb"], 3),
               f"{row['backbone']} x {_integer(row['num_backbones'])}", _bytes(row["model_bytes"]),
               _integer(row["exemplars"]), _bytes(row["exemplar_bytes"]),
               _bytes(row["total_bytes"]), row["seed"]] for _, row in rows.iterrows()],
@@ -318,8 +327,8 @@ def summary_tables(summary: pd.DataFrame) -> list:
             compared = _compared(rows, [f"{name}_tied_with_best" for name in names])
             per_kind = ["mean ± std", "±ci95", "p (Holm)", "group"] if compared else ["mean ± std"]
             table_rows = []
-            for _, row in rows.iterrows():
-                cells = [row["method"], _budget(row), _integer(row["n_seeds"])]
+            for _, row in with_configuration(rows).iterrows():
+                cells = [row["configuration"], _budget(row), _integer(row["n_seeds"])]
                 for name in names:
                     cells.append(mean_std(row[f"{name}_mean"], row[f"{name}_std"], 1))
                     if compared:
@@ -341,8 +350,8 @@ def auc_tables(auc: pd.DataFrame) -> list:
         compared = _compared(rows, ["auc_average_tied_with_best", "auc_last_tied_with_best"])
         per_area = ["mean ± std", "±ci95", "p (Holm)", "group"] if compared else ["mean ± std"]
         table_rows = []
-        for _, row in rows.iterrows():
-            cells = [row["method"], KIND_NAMES.get(row["kind"], row["kind"])]
+        for _, row in with_configuration(rows).iterrows():
+            cells = [row["configuration"], KIND_NAMES.get(row["kind"], row["kind"])]
             for name in ("auc_average", "auc_last"):
                 cells.append(mean_std(row[name], row[f"{name}_std"], 3))
                 if compared:
@@ -360,9 +369,26 @@ def auc_tables(auc: pd.DataFrame) -> list:
     return blocks
 
 
+def best_tables(summary: pd.DataFrame) -> list:
+    """Per experiment with several configurations of a method: the best configuration at each
+    budget point (the printed summary's "best at" lines); none without the budget axes."""
+    if not has_variants(summary):
+        return []
+    blocks: list = []
+    best = best_configurations(summary)
+    for where, rows in _per_experiment(best):
+        blocks.append(Table(
+            ["budget", "best configuration", "CNN average accuracy (%)", "not told apart from it"],
+            [[_budget(row), row["configuration"], _number(row["mean"], 1), row["tied"] or "-"]
+             for _, row in rows.iterrows()],
+            caption=_caption(where, "The best configuration at each budget point (highest mean "
+                                    "CNN average incremental accuracy)")))
+    return blocks
+
+
 def tables_section(summary: pd.DataFrame, auc: pd.DataFrame, auc_figures: list[Figure]) -> Section:
     return Section("tables", "Tables and the group of the best", [
-        *summary_tables(summary),
+        *best_tables(summary), *summary_tables(summary),
         Paragraph("AUC: area under the mean accuracy-memory curve (accuracy fraction x MB); "
                   "APM: average accuracy per MB at the first and the last budget point."),
         *auc_tables(auc), *auc_figures])
@@ -381,7 +407,7 @@ def per_task_section(tasks: pd.DataFrame, task_figures: list[Figure]) -> Section
             for _, run in rows.groupby(["run_id", "point"], dropna=False, sort=False):
                 first = run.iloc[0]
                 accuracy = dict(zip(run["classes_seen"], run[f"{kind}_accuracy"]))
-                table_rows.append([first["method"], _budget(first), _integer(first["seed"]),
+                table_rows.append([_configuration(first), _budget(first), _integer(first["seed"]),
                                    *(_number(accuracy.get(classes), 1) for classes in seen)])
             section.blocks.append(Table(
                 ["method", "budget", "seed", *map(str, seen)], table_rows,
@@ -391,9 +417,17 @@ def per_task_section(tasks: pd.DataFrame, task_figures: list[Figure]) -> Section
     return section
 
 
-def memory_section(runs: pd.DataFrame, tasks: pd.DataFrame) -> Section:
+def _configuration(row: pd.Series) -> str:
+    """A row's configuration label (the method alone for a table from before the axes)."""
+    return configuration(row["method"], *(row.get(axis, default) for axis, default
+                                          in zip(AXIS_KEYS, ("raw", "fp32"))))
+
+
+def memory_section(runs: pd.DataFrame, tasks: pd.DataFrame,
+                   records: list[dict] | None = None) -> Section:
     """Per run and cell: the largest memory audited after any of its tasks under the experiment's
-    policy against the cell's budget."""
+    policy against the cell's budget; then, from the records, the real stored bytes (exemplars as
+    encoded, model as stored) per configuration and budget point."""
     section = Section("memory", "Memory audit")
     rows, classes, within = [], [], 0
     for _, run in runs.iterrows():
@@ -404,7 +438,7 @@ def memory_section(runs: pd.DataFrame, tasks: pd.DataFrame) -> Section:
         verdict, headroom = _verdict(run["budget_bytes"], audited)
         within += verdict == "yes"
         classes.append("over" if verdict.startswith("NO") else "")
-        rows.append([run["method"], _budget(run), _integer(run["seed"]), str(run["run_id"]),
+        rows.append([_configuration(run), _budget(run), _integer(run["seed"]), str(run["run_id"]),
                      _integer(run["tasks_completed"]), _bytes(run["budget_bytes"]),
                      _bytes(run["planned_total_bytes"]), _bytes(audited), headroom, verdict])
     budgeted = int(runs["budget_bytes"].notna().sum())
@@ -415,7 +449,60 @@ def memory_section(runs: pd.DataFrame, tasks: pd.DataFrame) -> Section:
                   f"task; the largest is shown)."),
         Table(["method", "budget", "seed", "run", "tasks", "budget bytes", "planned total bytes",
                "largest audited bytes", "headroom bytes", "within budget"], rows, row_classes=classes)]
+    if records:
+        section.blocks += stored_bytes_tables(records)
     return section
+
+
+def stored_bytes(records: list[dict]) -> pd.DataFrame:
+    """One row per complete record (run and cell): its configuration, budget point and the bytes
+    audited after its last task under its policy: exemplars (as stored: encoded for JPEG), model
+    (as stored: int8 weights and their scales, ...) and their total."""
+    rows = []
+    for record in records:
+        tasks = record.get("tasks") or []
+        if record.get("status") != "complete" or not tasks:
+            continue
+        cell = record.get("cell") or {}
+        audit = (tasks[-1].get("memory") or {}).get(cell.get("policy")) or {}
+        rows.append({**{key: cell.get(key) for key in [*EXPERIMENT_KEYS, "method", "point",
+                                                       "point_label", "budget_mb", "seed"]},
+                     **{axis: axis_value(cell, axis) for axis in AXIS_KEYS},
+                     **{key: audit.get(key) for key in ("exemplar_bytes", "model_bytes",
+                                                        "total_bytes")}})
+    columns = [*EXPERIMENT_KEYS, "method", *AXIS_KEYS, "point", "point_label", "budget_mb",
+               "seed", "exemplar_bytes", "model_bytes", "total_bytes"]
+    table = pd.DataFrame(rows, columns=columns)
+    for key in ("point", "budget_mb", "exemplar_bytes", "model_bytes", "total_bytes"):
+        table[key] = pd.to_numeric(table[key], errors="coerce")
+    return table
+
+
+def stored_bytes_tables(records: list[dict]) -> list:
+    """Per experiment: per configuration and budget point, the mean over seeds of stored_bytes."""
+    table = stored_bytes(records)
+    if table.empty:
+        return []
+    keys = [*EXPERIMENT_KEYS, "method", *AXIS_KEYS, "point", "point_label", "budget_mb"]
+    means = table.groupby(keys, dropna=False, sort=False).agg(
+        seeds=("seed", "nunique"), exemplar_bytes=("exemplar_bytes", "mean"),
+        model_bytes=("model_bytes", "mean"), total_bytes=("total_bytes", "mean")).reset_index()
+    means = with_configuration(sorted_table(means, [*EXPERIMENT_KEYS, "method", "point"]))
+    blocks: list = []
+    for where, rows in _per_experiment(means):
+        blocks.append(Table(
+            ["configuration", "budget", "seeds", "exemplar bytes", "model bytes", "total bytes"],
+            [[row["configuration"], _budget(row), _integer(row["seeds"]),
+              _bytes(_rounded(row["exemplar_bytes"])), _bytes(_rounded(row["model_bytes"])),
+              _bytes(_rounded(row["total_bytes"]))] for _, row in rows.iterrows()],
+            caption=_caption(where, "Stored bytes after the last task, as audited under the "
+                                    "policy: exemplars as encoded, the model as stored (mean "
+                                    "over seeds)")))
+    return blocks
+
+
+def _rounded(value: Any) -> Any:
+    return value if _missing(value) else round(float(value))
 
 
 def _verdict(budget: Any, audited: Any) -> tuple[str, str]:
@@ -443,12 +530,12 @@ def failed_section(runs: pd.DataFrame, records: list[dict], scrub) -> Section:
     for run_id, cells in failed.groupby("run_id", sort=False):
         first = cells.iloc[0]
         message = "" if _missing(first["error_message"]) else scrub(str(first["error_message"]))
-        rows.append([str(run_id), first["method"], ", ".join(_budget(cell) for _, cell in cells.iterrows()),
+        rows.append([str(run_id), _configuration(first), ", ".join(_budget(cell) for _, cell in cells.iterrows()),
                      _integer(first["seed"]), _integer(first["tasks_completed"]),
                      "" if _missing(first["error_type"]) else str(first["error_type"]), message])
         trace = ((by_run.get(run_id) or {}).get("error") or {}).get("traceback")
         if trace:
-            tracebacks.append(Details(f"traceback of {run_id} ({first['method']})", scrub(trace)))
+            tracebacks.append(Details(f"traceback of {run_id} ({_configuration(first)})", scrub(trace)))
     section.blocks += [
         Paragraph(f"{len(rows)} run(s) failed; `run_all.py run --retry-failed` runs them again. "
                   f"Their logs: runs/<run>/log.txt."),
@@ -466,9 +553,9 @@ def _device(origin: dict) -> str:
 def cost_section(runs: pd.DataFrame, records: list[dict]) -> Section:
     """Train time and device-hours per method and in total, each run counted once."""
     by_run = _by_run(records)
-    once = runs.drop_duplicates("run_id")
+    once = with_configuration(with_axes(runs.drop_duplicates("run_id")))
     rows = []
-    groups = [*once.groupby("method", sort=False), ("total", once)]
+    groups = [*once.groupby("configuration", sort=False), ("total", once)]
     for method, group in groups:
         seconds = float(group["wall_seconds"].sum())  # NaN (no recorded time) counts as 0
         devices = Counter(_device((by_run.get(run_id) or {}).get("origin") or {})
@@ -563,6 +650,30 @@ def ranks_section(ranks: pd.DataFrame) -> Section:
         Table([str(column) for column in ranks.columns], rows)])
 
 
+def storage_cost_section(costs: pd.DataFrame) -> Section:
+    """storage_cost.csv: per configuration, budget and probed dtype, the fp32 run's accuracy, the
+    same run with its frozen blocks converted, and the run trained with that storage."""
+    names = [("fp32", False), ("converted", False), ("conversion_cost", True), ("trained", False),
+             ("trained_gain", True)]
+    rows = []
+    for _, row in costs.iterrows():
+        cells = [configuration(row["method"], row["exemplar_format"]), _budget(row),
+                 str(row["probe_storage"]), _integer(row["tasks_probed"]), _integer(row["n_seeds"])]
+        for kind in KINDS:
+            cells += [_signed(row[f"{kind}_{name}"]) if sign else _number(row[f"{kind}_{name}"], 2)
+                      for name, sign in names]
+        rows.append(cells)
+    per_kind = ["fp32", "converted", "cost", "trained", "gain"]
+    return Section("storage-cost", "Cost of the stored precision", [
+        Paragraph(f"{STORAGE_COST}: {STORAGE_COST_LEGEND}"),
+        Table(["configuration", "budget", "converted to", "tasks", "seeds", *per_kind * len(KINDS)],
+              rows, groups=[("", 5), *((KIND_NAMES[kind], len(per_kind)) for kind in KINDS)])])
+
+
+def _signed(value: Any) -> str:
+    return "-" if _missing(value) else f"{float(value):+.2f}"
+
+
 # ------------------------------------------------------------------------------ the page
 
 def environment() -> jinja2.Environment:
@@ -581,13 +692,17 @@ def experiment_sections(set_dir: Path, experiment_dir: Path, records: list[dict]
     scrub = partial(scrub_paths, experiment_dir=experiment_dir)
     runs, tasks = _read(set_dir, "runs.csv"), _read(set_dir, "tasks.csv")
     summary, auc, ranks = _read(set_dir, "summary.csv"), _read(set_dir, "auc.csv"), _read(set_dir, RANKS)
+    costs = _read(set_dir, STORAGE_COST)
     found = figures(set_dir)
     sections = [experiment_file_section(experiment_file, scrub), plan_section(records),
                 curves_section(found.get("curves", [])),
                 tables_section(summary, auc, found.get("tables", []))]
     if ranks is not None:
         sections.append(ranks_section(ranks))
-    sections += [per_task_section(tasks, found.get("per-task", [])), memory_section(runs, tasks),
+    if costs is not None:
+        sections.append(storage_cost_section(costs))
+    sections += [per_task_section(tasks, found.get("per-task", [])),
+                 memory_section(runs, tasks, records),
                  failed_section(runs, records, scrub), cost_section(runs, records),
                  provenance_section(records, scrub)]
     return sections

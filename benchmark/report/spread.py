@@ -2,8 +2,8 @@
 thread count, the CPU's instruction set, the math libraries, the card), set beside the spread over
 seeds, so that a reader sees which differences between methods neither can explain.
 
-Two experiments hold the same runs when a cell (dataset, scenario, policy, method, budget point,
-seed) has the same plan in both (backbone, number of backbones, exemplars): e.g. the default bench
+Two experiments hold the same runs when a cell (dataset, scenario, policy, method, exemplar
+format, stored precision, budget point, seed) has the same plan in both (backbone, number of backbones, exemplars): e.g. the default bench
 at 1 and at 2 threads per run (`training: {cpu_threads: 2}`), or one grid on a CPU and a GPU.
 `run_all.py report A B` prints the comparison and the comparison page shows it.
 
@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from benchmark.report.columns import EXPERIMENT_KEYS
+from benchmark.report.columns import AXIS_KEYS, EXPERIMENT_KEYS, with_axes
 
-CELL_KEYS = [*EXPERIMENT_KEYS, "method", "point", "seed"]
+CELL_KEYS = [*EXPERIMENT_KEYS, "method", *AXIS_KEYS, "point", "seed"]
 PLAN_KEYS = ["backbone", "num_backbones", "exemplars"]  # the same cell must be the same run
 METRIC = "cnn_average_accuracy"
 
@@ -45,7 +45,8 @@ def shared_runs(runs_a: pd.DataFrame, runs_b: pd.DataFrame, metric: str = METRIC
     """The complete runs of both tables (runs.csv) with the same cell and plan, one row per run:
     the cell, `a`, `b` and `difference` (b - a) of `metric`."""
     def complete(runs: pd.DataFrame, name: str) -> pd.DataFrame:
-        done = runs[(runs["status"] == "complete") & runs[metric].notna()]
+        done = with_axes(runs)  # a runs.csv from before the axes: raw, fp32
+        done = done[(done["status"] == "complete") & done[metric].notna()]
         done = done.drop_duplicates("run_id")  # a run reported at several cells counts once
         return done[CELL_KEYS + PLAN_KEYS + [metric]].rename(columns={metric: name})
     both = complete(runs_a, "a").merge(complete(runs_b, "b"), on=CELL_KEYS + PLAN_KEYS)
