@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 PLAN_COLUMNS = ["method", "seed", "budget_mb", "backbone", "model_params", "exemplars", "model_bytes",
                 "exemplar_bytes", "total_bytes", "policy", "scenario", "point", "point_label",
-                "num_backbones", "budget_bytes", "total_mb", "run_id"]
+                "num_backbones", "budget_bytes", "total_mb", "exemplar_format", "model_storage", "run_id"]
 INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}   # exit codes: 128 + the signal number
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)   # a full disk, or the user's quota on it is used up
 
@@ -70,22 +70,40 @@ def plan_command(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from benchmark.config.experiment import load_experiment
-    from benchmark.config.grid import expand, plan_rows
+    from benchmark.config.grid import expand, measured_stored_size, plan_rows
 
     experiment = load_experiment(args.experiment)
-    runs = expand(experiment)
+    runs = expand(experiment, stored_size=measured_stored_size(experiment, args.data_root))
     table = pd.DataFrame(plan_rows(runs))[PLAN_COLUMNS].astype({"point": "Int64", "budget_bytes": "Int64"})
     if args.csv:
         table.to_csv(sys.stdout, index=False)
         return 0
     print(f"{experiment.name}: {experiment.dataset}, {', '.join(experiment.scenarios)}, "
           f"{len(table)} cells in {len(runs)} runs, memory policy {experiment.policy!r} (MB = 2^20 bytes)")
+    for line in exemplar_size_lines(runs):
+        print(line)
     shown = table.assign(budget_mb=table.budget_mb.map(_mb), total_mb=table.total_mb.map(_mb),
                          point=table.point.map(lambda p: "-" if pd.isna(p) else int(p)))
-    columns = ["scenario", "seed", "point", "budget_mb", "method", "backbone", "num_backbones",
+    axes = [axis for axis, default in (("exemplar_format", ["raw"]), ("model_storage", ["fp32"]))
+            if sorted(set(table[axis]) - {"n/a"}) not in ([], default)]
+    columns = ["scenario", "seed", "point", "budget_mb", "method", *axes, "backbone", "num_backbones",
                "model_params", "exemplars", "total_mb", "run_id"]
     print(shown[columns].to_string(index=False))
     return 0
+
+
+def exemplar_size_lines(runs: list[Run]) -> list[str]:
+    """What one exemplar costs in each encoded format of the plan: the measured estimate behind its
+    exemplar counts (the runs fill their byte budgets with the real sizes)."""
+    lines = {}
+    for cell in (cell for run in runs for cell in run.cells):
+        planned = cell.exemplar_format not in ("raw", "n/a") and cell.exemplars
+        if planned and cell.exemplar_format not in lines:
+            per_image = cell.exemplar_bytes / cell.exemplars
+            lines[cell.exemplar_format] = (f"exemplar_format {cell.exemplar_format}: about {per_image:,.0f} bytes "
+                                           f"per exemplar (estimated from the data set's measured mean stored "
+                                           f"size); each run fills its byte budget with the real sizes")
+    return list(lines.values())
 
 
 def _mb(value: float | None) -> str:
@@ -262,6 +280,9 @@ def parser() -> argparse.ArgumentParser:
     plan = commands.add_parser("plan", help="print the expanded grid with budgets (needs no data, no GPU)")
     plan.add_argument("experiment", help="experiment YAML file")
     plan.add_argument("--csv", action="store_true", help="CSV, one row per grid cell")
+    plan.add_argument("--data-root", default=os.environ.get("CIL_DATA_ROOT", "data"),
+                      help="folder holding the data sets, read only to measure the size of encoded exemplar "
+                           "formats (jpeg) (default: $CIL_DATA_ROOT or data)")
     plan.set_defaults(handler=plan_command)
     _add_run_parser(commands)
     report = commands.add_parser(

@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 import torch
 
 from methods import METHODS, Task
+from methods.exemplar_formats import ExemplarFormat
 from methods.networks import build_network
 from methods.storage import check_storage, storage_applies
 
@@ -34,6 +35,7 @@ from .accounting import DEFAULT_POLICY, MB, check_policy, exemplar_bytes, model_
 # Exemplars at every curve point's definition (and the floor a growing method's backbone must leave):
 # the MEMO paper's smallest CIFAR-100 budget, 2,000 images.
 ANCHOR_EXEMPLARS = 2000
+NOT_APPLICABLE = "n/a"  # a budget axis that changes nothing for a method
 
 
 class BudgetError(ValueError):
@@ -57,6 +59,7 @@ class PlanContext:
     # engine fills the byte budget with the real sizes).
     exemplar_format: str = "raw"
     stored_image_bytes: float | None = None  # None: the format's exact size
+    shared_header_bytes: int = 0             # jpeg:<q>:shared: the one JPEG header, billed once
     # The dtype of blocks a method freezes and never trains again (methods/storage.py).
     model_storage: str = "fp32"
     method_options: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = ()  # resolved, hashable
@@ -66,8 +69,20 @@ class PlanContext:
         return len(self.task_sizes)
 
     @property
-    def image_bytes(self) -> int:
-        return exemplar_bytes(1, self.image_shape)
+    def image_bytes(self) -> float:
+        """Bytes one stored exemplar costs: exact for raw and downsampled images, the measured mean
+        for encoded ones (`stored_image_bytes`)."""
+        exact = ExemplarFormat.parse(self.exemplar_format).fixed_image_bytes(self.image_shape)
+        if exact is not None:
+            return exact
+        if self.stored_image_bytes is None:
+            raise BudgetError(f"exemplar_format {self.exemplar_format!r}: its exemplars' size is known only from "
+                              "the data (the measured mean encoded size); plan with the data set at hand "
+                              "(--data-root or $CIL_DATA_ROOT)")
+        return self.stored_image_bytes
+
+    def options_of(self, method: str) -> dict[str, object]:
+        return dict(dict(self.method_options).get(method, ()))
 
     @property
     def minimum_exemplars(self) -> int:
@@ -227,18 +242,39 @@ def plan_cell(method: str, point: BudgetPoint, ctx: PlanContext) -> CellPlan:
     backbone = choose_backbone(method, point, ctx)
     params, model = method_model(method, backbone, ctx)
     traits = METHODS.get(method)
-    exemplars = (point.budget_bytes - model) // ctx.image_bytes if traits.uses_exemplars else 0
+    room = point.budget_bytes - model - ctx.shared_header_bytes
+    exemplars = max(0, math.floor(room / ctx.image_bytes)) if traits.uses_exemplars else 0
     if model > point.budget_bytes or (traits.uses_exemplars and exemplars < ctx.minimum_exemplars):
         raise BudgetError(_too_small(method, backbone, model, point, ctx))
     return CellPlan(method, point.index, point.label, point.budget_bytes, backbone, _num_blocks(method, ctx),
-                    params, model, exemplars, exemplar_bytes(exemplars, ctx.image_shape), ctx.policy)
+                    params, model, exemplars, _planned_exemplar_bytes(exemplars, point, model, ctx), ctx.policy,
+                    *axes_of(method, ctx))
+
+
+def _planned_exemplar_bytes(exemplars: int, point: BudgetPoint, model: int, ctx: PlanContext) -> int:
+    """Exact for formats of a fixed size; for encoded ones the byte budget the engine fills with the
+    real sizes (the count is then the estimate from the measured mean size)."""
+    exact = ExemplarFormat.parse(ctx.exemplar_format).fixed_image_bytes(ctx.image_shape)
+    if exact is not None or not exemplars:
+        return exemplars * int(exact or 0)
+    return point.budget_bytes - model
+
+
+def axes_of(method: str, ctx: PlanContext) -> tuple[str, str]:
+    """The cell's exemplar format and model storage, "n/a" where the axis changes nothing for the
+    method: a method without an exemplar budget (Finetune; Joint, which holds the data set), or one
+    that freezes no block (and keeps no teacher that the policy bills)."""
+    traits = METHODS.get(method)
+    has_budget = traits.uses_exemplars and not traits.trains_on_all_data
+    return (ctx.exemplar_format if has_budget else NOT_APPLICABLE,
+            ctx.model_storage if storage_applies(traits, ctx.policy) else NOT_APPLICABLE)
 
 
 def plan_joint(ctx: PlanContext) -> CellPlan:
     """Joint holds every training image it has seen: its memory is that data, not a budget."""
     params, model = method_model("joint", ctx.benchmark, ctx)
     return CellPlan("joint", None, "all data", None, ctx.benchmark, 1, params, model, ctx.train_images,
-                    exemplar_bytes(ctx.train_images, ctx.image_shape), ctx.policy)
+                    exemplar_bytes(ctx.train_images, ctx.image_shape), ctx.policy, *axes_of("joint", ctx))
 
 
 def _num_blocks(method: str, ctx: PlanContext) -> int:
@@ -247,7 +283,8 @@ def _num_blocks(method: str, ctx: PlanContext) -> int:
 
 def _too_small(method: str, backbone: str, model: int, point: BudgetPoint, ctx: PlanContext) -> str:
     needs_exemplars = METHODS.get(method).uses_exemplars
-    minimum = model + (exemplar_bytes(ctx.minimum_exemplars, ctx.image_shape) if needs_exemplars else 0)
+    minimum = model + (math.ceil(ctx.minimum_exemplars * ctx.image_bytes) + ctx.shared_header_bytes
+                       if needs_exemplars else 0)
     kept = f"{ctx.num_tasks} x {backbone}" if METHODS.get(method).grows() else backbone
     floor = f" plus the minimum of {ctx.minimum_exemplars} exemplars" if needs_exemplars else ""
     return (f"budget {point.budget_mb:.2f} MB ({point.label}) cannot hold method {method!r}: its smallest model "
@@ -306,6 +343,8 @@ def _count_problems(ctx: PlanContext, curve: bool) -> list[str]:
 def _limits_nothing(point: BudgetPoint, cells: list[CellPlan], ctx: PlanContext) -> str:
     """Why a budget point measures nothing (every exemplar method there has room for more exemplars
     than the scenario's training images, so memory limits none of them), or "" when it does."""
+    if not ExemplarFormat.parse(ctx.exemplar_format).is_raw:
+        return ""  # budgets are defined in raw images; a smaller format may well hold the whole data set
     kept = [cell for cell in cells if cell.point == point.index and METHODS.get(cell.method).uses_exemplars]
     if not ctx.train_images or not kept or any(cell.exemplars <= ctx.train_images for cell in kept):
         return ""

@@ -157,6 +157,7 @@ def children(pid: int) -> list[int]:
 # -- the shipped configuration files (pinned: a file added or lost fails tests/test_schema.py) ---------
 EXPERIMENT_DIR = REPO / "benchmark" / "config" / "experiments"
 PROFILE_DIR = REPO / "benchmark" / "config" / "profiles"
-SHIPPED_EXPERIMENTS = ["cifar100_b0inc10_paper.yaml", "cifar100_b0inc20_cpu.yaml", "cifar100_b0inc20_cpu_seeds.yaml",
+SHIPPED_EXPERIMENTS = ["cifar100_b0inc10_paper.yaml", "cifar100_b0inc20_cpu.yaml", "cifar100_b0inc20_cpu_formats.yaml",
+                       "cifar100_b0inc20_cpu_seeds.yaml", "cifar100_b0inc20_cpu_storage.yaml",
                        "cifar100_b0inc20_cpu_threads2.yaml"]
 SHIPPED_PROFILES = ["cpu.yaml", "paper.yaml"]

@@ -23,7 +23,9 @@ from budgets.accounting import DEFAULT_POLICY, POLICIES
 from budgets.planner import ANCHOR_EXEMPLARS, BUDGET_MODES
 from methods import METHODS
 from methods.backbones import BACKBONES, BENCHMARK_BACKBONE, FAMILIES, input_kind
+from methods.exemplar_formats import ExemplarFormat
 from methods.exemplars import SELECTIONS
+from methods.storage import STORAGES, check_storage
 
 from benchmark.data import DATASETS, Scenario
 from benchmark.config.profile import Profile, TrainingOverride, milestone_notes, profile_names, resolve_profile
@@ -39,6 +41,8 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # safe as a folder n
 # Defaults of keys that the engine takes too (EngineSettings reads them from here).
 NETWORK_SEED = 1
 EXEMPLAR_SELECTION = "herding"
+EXEMPLAR_FORMAT = "raw"     # uint8 pixels, as the paper stores and bills them
+MODEL_STORAGE = "fp32"      # as the paper stores and bills every model
 # The name is a folder name (file systems allow 255 bytes); 100 is plenty, and keeps the paths under
 # results/ and SLURM's job names (cil-<name>) readable.
 NAME_MAX_CHARS = 100
@@ -56,6 +60,14 @@ def _safe_name(value: str) -> str:
 
 def _scenario_name(value: str) -> str:
     return Scenario.parse(value).name
+
+
+def _format_name(value: str) -> str:
+    return ExemplarFormat.parse(value).name  # canonical, so that "JPEG:50" and "jpeg:50" are one run
+
+
+def _storage_name(value: str) -> str:
+    return check_storage(value)
 
 
 def _listed(value: Any) -> Any:
@@ -107,6 +119,11 @@ Budgets = Annotated[Literal[tuple(BUDGET_MODES)] | Annotated[tuple[finite(Gt(0),
                                                           Field(min_length=1)],
                     WrapValidator(_explain_budgets), AfterValidator(_distinct_budgets)]
 BackboneName = choice(BACKBONES.names, BACKBONES.unknown_message)
+# The budget axes beyond backbone and exemplar count: one value or a list, each a grid axis.
+ExemplarFormats = Annotated[unique_tuple(Annotated[str, Strict(), AfterValidator(_format_name)]),
+                            BeforeValidator(_listed), Field(json_schema_extra=_one_or_list)]
+ModelStorages = Annotated[unique_tuple(Annotated[str, Strict(), AfterValidator(_storage_name)]),
+                          BeforeValidator(_listed), Field(json_schema_extra=_one_or_list)]
 
 
 class ExperimentFile(BaseModel):
@@ -135,6 +152,14 @@ class ExperimentFile(BaseModel):
     min_exemplars: NonNegativeInt | None = Field(
         None, description="fewest exemplars a method may keep; null: one per class")
     exemplar_selection: choice(lambda: SELECTIONS) = Field(EXEMPLAR_SELECTION, description="how exemplars are chosen")
+    exemplar_format: ExemplarFormats = Field(
+        (EXEMPLAR_FORMAT,), description="how exemplars are stored, or a list (a grid axis): raw, jpeg:<quality>, "
+                                        "jpeg:<quality>:shared (JPEG tables billed once), downsample:<factor>, "
+                                        "or downsample:<factor>+jpeg:<quality>")
+    model_storage: ModelStorages = Field(
+        (MODEL_STORAGE,), description=f"dtype of the blocks a method freezes (DER's old backbones, MEMO's old "
+                                      f"blocks, a teacher the strict policy bills), or a list (a grid axis): "
+                                      f"{', '.join(STORAGES)}")
     method_options: MethodOptions = Field(
         default_factory=dict, description="per-method options over the profile's, e.g. {memo: {train_base: false}}")
     training: TrainingOverride = Field(
@@ -162,6 +187,8 @@ class Experiment:
     anchor_exemplars: int
     min_exemplars: int | None
     exemplar_selection: str
+    exemplar_format: tuple[str, ...] = (EXEMPLAR_FORMAT,)  # canonical names (ExemplarFormat.name)
+    model_storage: tuple[str, ...] = (MODEL_STORAGE,)
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # profile's, then the file's
     slurm: SlurmOptions = field(default_factory=SlurmOptions)   # --backend slurm's resources; no run's identity
 

@@ -7,15 +7,22 @@ cell it stands for.
 """
 from __future__ import annotations
 
+import functools
+import itertools
+import tempfile
+from pathlib import Path
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Callable
 
-from budgets.planner import BudgetError, CellPlan, PlanContext, plan
+from budgets.planner import NOT_APPLICABLE, BudgetError, CellPlan, PlanContext, plan
 from methods import METHODS
+from methods.exemplar_formats import ExemplarFormat
 
 from benchmark.files import stable_hash
-from benchmark.config.experiment import Experiment
+from benchmark.config.experiment import EXEMPLAR_FORMAT, MODEL_STORAGE, Experiment
 from benchmark.data import DATASETS, Scenario
+from benchmark.data.encoded_size import EncodedSize, encoded_size
+from benchmark.data.image_cache import cache_dir_for
 from benchmark.config.precision import precision_problem
 from benchmark.config.profile import CPU_THREADS
 
@@ -56,14 +63,50 @@ def identity_hash(identity: dict[str, Any]) -> str:
     return stable_hash(identity, digits=12)
 
 
-def plan_context(experiment: Experiment, scenario: str) -> PlanContext:
+# The stored size of one exemplar in an encoded format, measured on the data set's images
+# (benchmark.data.encoded_size); the planner needs it for formats whose size only encoding tells.
+StoredSize = Callable[[ExemplarFormat], EncodedSize]
+
+
+def measured_stored_size(experiment: Experiment, data_root: str | Path) -> StoredSize:
+    """The stored-size measure of `experiment`'s data set (its training subset), cached next to the
+    data's image caches (or in the temporary folder where that cannot be written)."""
+    folder = cache_dir_for(Path(data_root) / experiment.dataset) or Path(tempfile.gettempdir()) / "cil-cache"
+
+    def stored_size(fmt: ExemplarFormat) -> EncodedSize:
+        measure = functools.partial(encoded_size, experiment.dataset, Path(data_root), fmt,
+                                    images_per_class=experiment.profile.images_per_class)
+        try:
+            return measure(cache_dir=folder)
+        except OSError:  # a read-only data folder: measure again each time (a fraction of a second)
+            return measure(cache_dir=Path(tempfile.mkdtemp(prefix="cil-encoded-sizes-")))
+    return stored_size
+
+
+def plan_context(experiment: Experiment, scenario: str, exemplar_format: str = EXEMPLAR_FORMAT,
+                 model_storage: str = MODEL_STORAGE, stored_size: StoredSize | None = None) -> PlanContext:
     spec = DATASETS[experiment.dataset]
+    fmt = ExemplarFormat.parse(exemplar_format)
+    measured = None
+    if fmt.fixed_image_bytes(spec.image_shape) is None and stored_size is not None:
+        measured = stored_size(fmt)
+    mean, header = (None, 0) if measured is None else (measured.mean_image_bytes, measured.shared_header_bytes)
     return PlanContext(
         task_sizes=tuple(Scenario.parse(scenario).task_sizes(spec.num_classes)),
         image_shape=spec.image_shape, family=experiment.family, benchmark=experiment.benchmark_backbone,
         policy=experiment.policy, anchor_exemplars=experiment.anchor_exemplars,
         min_exemplars=experiment.min_exemplars,
-        train_images=spec.num_classes * spec.per_class("train", experiment.profile.images_per_class))
+        train_images=spec.num_classes * spec.per_class("train", experiment.profile.images_per_class),
+        exemplar_format=fmt.name, stored_image_bytes=mean, shared_header_bytes=header, model_storage=model_storage,
+        method_options=_resolved_options(experiment, scenario))
+
+
+def _resolved_options(experiment: Experiment, scenario: str) -> tuple:
+    """Every method's options as the run gets them, hashable (the planner caches final models)."""
+    base = Scenario.parse(scenario).base
+    resolved = {method: METHODS.get(method).resolve_options(experiment.method_options.get(method, {}), base)
+                for method in experiment.methods}
+    return tuple((method, tuple(sorted(options.items()))) for method, options in resolved.items())
 
 
 # Raised whenever a code change alters what a run trains (initialization, a loss, augmentation):
@@ -76,8 +119,8 @@ TRAINING_REVISION = 2
 RANDOM_SELECTION_REVISION = 2
 
 
-def training_settings(experiment: Experiment, method: str, scenario: str) -> dict[str, Any]:
-    profile = experiment.profile
+def training_settings(experiment: Experiment, cell: CellPlan, scenario: str) -> dict[str, Any]:
+    profile, method = experiment.profile, cell.method
     return {
         "revision": TRAINING_REVISION,
         "first_task": asdict(profile.first_task),
@@ -95,31 +138,58 @@ def training_settings(experiment: Experiment, method: str, scenario: str) -> dic
            if experiment.exemplar_selection == "random" and METHODS.get(method).uses_exemplars else {}),
         "method_options": METHODS.get(method).resolve_options(experiment.method_options.get(method, {}),
                                                               Scenario.parse(scenario).base),
+        **axis_settings(experiment, cell),
     }
 
 
-def expand(experiment: Experiment, device_type: str = "cpu") -> list[Run]:
-    """Every run of the experiment on `device_type` ("cpu" or "cuda"), in a stable order.
-    Raises one BudgetError listing every misfit."""
+def axis_settings(experiment: Experiment, cell: CellPlan) -> dict[str, Any]:
+    """What the budget axes add to a run's identity: nothing at their defaults (raw exemplars, fp32
+    blocks) or where they do not apply, so that those runs keep their ids and are shared.
+
+    - exemplar_format (not raw): the format, and the byte budget the engine fills with real sizes.
+    - model_storage (not fp32): the dtype frozen blocks are stored in.
+    - storage_probe: an fp32 run of a method that freezes blocks, in an experiment that lists other
+      precisions, also measures each one's accuracy cost alone (its frozen blocks converted, evaluated).
+    """
+    settings: dict[str, Any] = {}
+    if cell.exemplar_format not in (EXEMPLAR_FORMAT, NOT_APPLICABLE):
+        settings |= {"exemplar_format": cell.exemplar_format,
+                     "exemplar_byte_budget": cell.budget_bytes - cell.model_bytes}
+    if cell.model_storage not in (MODEL_STORAGE, NOT_APPLICABLE):
+        settings["model_storage"] = cell.model_storage
+    probes = [storage for storage in experiment.model_storage if storage != MODEL_STORAGE]
+    if cell.model_storage == MODEL_STORAGE and probes:
+        settings["storage_probe"] = probes
+    return settings
+
+
+def expand(experiment: Experiment, device_type: str = "cpu", stored_size: StoredSize | None = None) -> list[Run]:
+    """Every run of the experiment on `device_type` ("cpu" or "cuda"), in a stable order: scenarios x
+    exemplar formats x model storages x seeds x planned cells. `stored_size` measures an encoded
+    format's mean exemplar size (needed only for such formats). Raises one BudgetError listing every misfit."""
     if device_type not in DEVICE_TYPES:
         raise ValueError(f"device_type {device_type!r} is not allowed; use one of {', '.join(DEVICE_TYPES)}")
     runs: dict[str, Run] = {}
     problems: list[str] = []
-    for scenario in experiment.scenarios:
+    for scenario, fmt, storage in itertools.product(experiment.scenarios, experiment.exemplar_format,
+                                                    experiment.model_storage):
         try:
-            cells = plan(experiment.methods, experiment.budgets, plan_context(experiment, scenario))
+            cells = plan(experiment.methods, experiment.budgets,
+                         plan_context(experiment, scenario, fmt, storage, stored_size))
         except BudgetError as error:
-            problems.append(f"{scenario}: {error}")
+            axes = "".join(f", {value}" for value, default in ((fmt, EXEMPLAR_FORMAT), (storage, MODEL_STORAGE))
+                           if value != default)
+            problems.append(f"{scenario}{axes}: {error}")
             continue
         for seed in experiment.seeds:
             for cell in cells:
                 run = Run(experiment.name, experiment.dataset, scenario, seed, experiment.network_seed,
                           cell.method, cell.backbone, cell.exemplars,
-                          training_settings(experiment, cell.method, scenario), (cell,), device_type)
+                          training_settings(experiment, cell, scenario), (cell,), device_type)
                 known = runs.get(run.run_id)
                 runs[run.run_id] = run if known is None else _with_cell(known, cell)
     if problems:
-        raise BudgetError("\n".join(problems))
+        raise BudgetError("\n".join(dict.fromkeys(problems)))
     return list(runs.values())
 
 
@@ -131,6 +201,9 @@ def precision_problems(runs: list[Run], device_type: str) -> list[str]:
 
 
 def _with_cell(run: Run, cell: CellPlan) -> Run:
+    """`run` serving `cell` too; a cell it already serves (Finetune under every exemplar format) once."""
+    if cell in run.cells:
+        return run
     return Run(**{**run.__dict__, "cells": run.cells + (cell,)})
 
 

@@ -51,7 +51,7 @@ def check_run_request(args: argparse.Namespace) -> tuple[Target | None, list[str
     runs: list[Run] = []
     if experiment is not None:
         device_type, type_problems = _device_type(args, gpus, not backend_problems, experiment)
-        runs, grid_problems = _grid(experiment, device_type)
+        runs, grid_problems = _grid(experiment, device_type, args.data_root)
         problems += type_problems + grid_problems
     experiment_dir = Path(args.results) / (experiment.name if experiment else "")
     problems += run_folder_problems([run.run_id for run in runs], experiment_dir, Path(args.results))
@@ -77,14 +77,15 @@ def _device_type(args: argparse.Namespace, gpus: list[int], ask_cluster: bool,
         return "cpu", [f"--address {args.address}: could not connect to the Ray cluster: {error}"]
 
 
-def _grid(experiment: Experiment, device_type: str) -> tuple[list[Run], list[str]]:
+def _grid(experiment: Experiment, device_type: str, data_root: str) -> tuple[list[Run], list[str]]:
     from budgets.planner import BudgetError
 
-    from benchmark.config.grid import expand, precision_problems
+    from benchmark.config.grid import expand, measured_stored_size, precision_problems
+    from benchmark.data import DataError
 
     try:
-        runs = expand(experiment, device_type=device_type)
-    except BudgetError as error:
+        runs = expand(experiment, device_type=device_type, stored_size=measured_stored_size(experiment, data_root))
+    except (BudgetError, DataError) as error:
         return [], [f"budgets: {error}"]
     return runs, precision_problems(runs, device_type)
 
