@@ -85,7 +85,7 @@ def plan_command(args: argparse.Namespace) -> int:
     shown = table.assign(budget_mb=table.budget_mb.map(_mb), total_mb=table.total_mb.map(_mb),
                          point=table.point.map(lambda p: "-" if pd.isna(p) else int(p)))
     axes = [axis for axis, default in (("exemplar_format", ["raw"]), ("model_storage", ["fp32"]))
-            if sorted(set(table[axis]) - {"n/a"}) not in ([], default)]
+            if sorted(set(table[axis]) - {"-"}) not in ([], default)]  # "-": not applicable
     columns = ["scenario", "seed", "point", "budget_mb", "method", *axes, "backbone", "num_backbones",
                "model_params", "exemplars", "total_mb", "run_id"]
     print(shown[columns].to_string(index=False))
@@ -97,7 +97,7 @@ def exemplar_size_lines(runs: list[Run]) -> list[str]:
     exemplar counts (the runs fill their byte budgets with the real sizes)."""
     lines = {}
     for cell in (cell for run in runs for cell in run.cells):
-        planned = cell.exemplar_format not in ("raw", "n/a") and cell.exemplars
+        planned = cell.exemplar_format not in ("raw", "-") and cell.exemplars  # "-": not applicable
         if planned and cell.exemplar_format not in lines:
             per_image = cell.exemplar_bytes / cell.exemplars
             lines[cell.exemplar_format] = (f"exemplar_format {cell.exemplar_format}: about {per_image:,.0f} bytes "

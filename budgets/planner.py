@@ -35,7 +35,8 @@ from .accounting import DEFAULT_POLICY, MB, check_policy, exemplar_bytes, model_
 # Exemplars at every curve point's definition (and the floor a growing method's backbone must leave):
 # the MEMO paper's smallest CIFAR-100 budget, 2,000 images.
 ANCHOR_EXEMPLARS = 2000
-NOT_APPLICABLE = "n/a"  # a budget axis that changes nothing for a method
+# A budget axis that changes nothing for a method. Not "n/a": pandas reads that back as a missing value.
+NOT_APPLICABLE = "-"
 
 
 class BudgetError(ValueError):
@@ -116,7 +117,7 @@ class CellPlan:
     exemplars: int
     exemplar_bytes: int
     policy: str
-    # The budget axes; "n/a" where the axis changes nothing for the method (Finetune keeps no
+    # The budget axes; "-" (NOT_APPLICABLE) where the axis changes nothing for the method (Finetune keeps no
     # exemplars; Replay freezes no block).
     exemplar_format: str = "raw"
     model_storage: str = "fp32"
@@ -261,7 +262,7 @@ def _planned_exemplar_bytes(exemplars: int, point: BudgetPoint, model: int, ctx:
 
 
 def axes_of(method: str, ctx: PlanContext) -> tuple[str, str]:
-    """The cell's exemplar format and model storage, "n/a" where the axis changes nothing for the
+    """The cell's exemplar format and model storage, "-" where the axis changes nothing for the
     method: a method without an exemplar budget (Finetune; Joint, which holds the data set), or one
     that freezes no block (and keeps no teacher that the policy bills)."""
     traits = METHODS.get(method)

@@ -1,5 +1,5 @@
 """The report of an experiment with the budget axes: icarl in two exemplar formats (raw, jpeg:50),
-der stored in fp32 and int8 (its fp32 runs probe int8), finetune (n/a on both axes), at two budget
+der stored in fp32 and int8 (its fp32 runs probe int8), finetune ("-", not applicable, on both axes), at two budget
 points x two seeds. Every expected number is worked out by hand below: the configuration labels,
 the summary rows, the best configuration at each point, the storage cost, the panels of the
 figures, the ranks; and records without the axis keys report as raw / fp32. Nothing trains."""
@@ -27,9 +27,9 @@ SEEDS = (1993, 1994)
 POINTS = ((0, "conv2", 8.0), (1, "resnet14", 12.0))
 # (method, exemplar_format, model_storage) -> CNN average accuracy per point, per seed
 AVERAGE = {
-    ("finetune", "n/a", "n/a"): ((30.0, 33.0), (30.0, 33.0)),
-    ("icarl", "raw", "n/a"): ((50.0, 52.0), (60.0, 62.0)),
-    ("icarl", "jpeg:50", "n/a"): ((57.0, 59.0), (61.0, 64.0)),
+    ("finetune", "-", "-"): ((30.0, 33.0), (30.0, 33.0)),
+    ("icarl", "raw", "-"): ((50.0, 52.0), (60.0, 62.0)),
+    ("icarl", "jpeg:50", "-"): ((57.0, 59.0), (61.0, 64.0)),
     ("der", "raw", "fp32"): ((56.0, 57.0), (66.0, 66.0)),
     ("der", "raw", "int8"): ((55.0, 59.0), (65.0, 68.0)),
 }
@@ -43,7 +43,7 @@ def axis_records(probe: bool = True) -> list[dict]:
     for (method, fmt, storage), per_point in AVERAGE.items():
         for (point, label, budget), averages in zip(POINTS, per_point):
             for seed, average in zip(SEEDS, averages):
-                name = f"{method}-{fmt}-{storage}".replace(":", "").replace("/", "")
+                name = "-".join("na" if part == "-" else part.replace(":", "") for part in (method, fmt, storage))
                 run_id = f"{name}-p{point}-s{seed}"
                 record = make_record(run_id, method, seed, point, label, budget, average,
                                      average - DROP, 10.0)
@@ -66,10 +66,10 @@ def runs() -> pd.DataFrame:
 
 def test_configuration_labels():
     assert configuration("icarl") == "icarl"
-    assert configuration("icarl", "jpeg:50", "n/a") == "icarl jpeg:50"
+    assert configuration("icarl", "jpeg:50", "-") == "icarl jpeg:50"
     assert configuration("der", "raw", "int8") == "der int8"
     assert configuration("der", "jpeg:50", "fp16") == "der jpeg:50 fp16"
-    assert configuration("finetune", "n/a", "n/a") == "finetune"
+    assert configuration("finetune", "-", "-") == "finetune"
     labels = ["der int8", "icarl jpeg:50", "der", "finetune", "der fp16", "icarl"]
     assert sorted(labels, key=columns.configuration_rank) == [
         "finetune", "icarl", "icarl jpeg:50", "der", "der fp16", "der int8"]
@@ -77,7 +77,7 @@ def test_configuration_labels():
 
 def test_runs_and_tasks_carry_the_axes(runs):
     row = runs.set_index("run_id").loc["icarl-jpeg50-na-p0-s1993"]
-    assert (row["method"], row["exemplar_format"], row["model_storage"]) == ("icarl", "jpeg:50", "n/a")
+    assert (row["method"], row["exemplar_format"], row["model_storage"]) == ("icarl", "jpeg:50", "-")
     assert list(runs.columns[3:6]) == ["method", "exemplar_format", "model_storage"]
 
 
@@ -85,9 +85,9 @@ def test_summary_has_one_row_per_configuration_and_point(runs):
     summary = summary_table(runs)
     keys = list(zip(summary["method"], summary["exemplar_format"], summary["model_storage"],
                     summary["point"]))
-    assert keys == [("finetune", "n/a", "n/a", 0), ("finetune", "n/a", "n/a", 1),
-                    ("icarl", "raw", "n/a", 0), ("icarl", "raw", "n/a", 1),
-                    ("icarl", "jpeg:50", "n/a", 0), ("icarl", "jpeg:50", "n/a", 1),
+    assert keys == [("finetune", "-", "-", 0), ("finetune", "-", "-", 1),
+                    ("icarl", "raw", "-", 0), ("icarl", "raw", "-", 1),
+                    ("icarl", "jpeg:50", "-", 0), ("icarl", "jpeg:50", "-", 1),
                     ("der", "raw", "fp32", 0), ("der", "raw", "fp32", 1),
                     ("der", "raw", "int8", 0), ("der", "raw", "int8", 1)]
     assert summary["cnn_average_accuracy_mean"].tolist() == [31.5, 31.5, 51.0, 61.0, 58.0, 62.5,
@@ -192,7 +192,7 @@ def test_ranks_are_of_configurations():
     ranks, reasons = ranks_table(runs_table(records))
     cnn = ranks[ranks["metric"] == "cnn_average_accuracy"]
     assert set(zip(cnn["method"], cnn["exemplar_format"], cnn["model_storage"])) == {
-        ("finetune", "n/a", "n/a"), ("icarl", "raw", "n/a"), ("icarl", "jpeg:50", "n/a"),
+        ("finetune", "-", "-"), ("icarl", "raw", "-"), ("icarl", "jpeg:50", "-"),
         ("der", "raw", "fp32"), ("der", "raw", "int8")}
     assert cnn["blocks"].tolist() == [6] * 5
     # finetune is last in every block: rank 5
@@ -209,7 +209,7 @@ def test_write_report_with_the_axes(tmp_path, capsys):
         assert list(pd.read_csv(tmp_path / name).columns) == columns.CSV_COLUMNS[name], name
     auc = pd.read_csv(tmp_path / "auc.csv", keep_default_na=False)
     assert list(zip(auc["method"], auc["exemplar_format"], auc["model_storage"]))[::2] == [
-        ("finetune", "n/a", "n/a"), ("icarl", "raw", "n/a"), ("icarl", "jpeg:50", "n/a"),
+        ("finetune", "-", "-"), ("icarl", "raw", "-"), ("icarl", "jpeg:50", "-"),
         ("der", "raw", "fp32"), ("der", "raw", "int8")]
     printed = capsys.readouterr().out
     assert "best at 8.00 MB: icarl jpeg:50 (CNN avg 58.0)" in printed

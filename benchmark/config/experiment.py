@@ -259,6 +259,11 @@ def _check_together(spec: ExperimentFile) -> list[str]:
             problems.append(f"scenario: {name} on {spec.dataset} ({classes} classes) is a single task of {classes} "
                             "classes, so nothing is learned incrementally; leave classes for later tasks "
                             f"(e.g. B{classes // 2}Inc{classes // 10 or 1} or B0Inc{classes // 10 or 1})")
+    for text in spec.exemplar_format:  # a downsampling factor must divide this data set's images
+        try:
+            ExemplarFormat.parse(text).fixed_image_bytes(DATASETS[spec.dataset].image_shape)
+        except ValueError as error:
+            problems.append(f"exemplar_format: {error} ({spec.dataset})")
     kind = input_kind_of(spec.dataset)
     for name in sorted({*(spec.family or FAMILIES[kind]), spec.benchmark_backbone or BENCHMARK_BACKBONE[kind]}):
         if input_kind(name) != kind:

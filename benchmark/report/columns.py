@@ -12,6 +12,7 @@ import zlib
 import pandas as pd
 
 from budgets.accounting import POLICIES
+from budgets.planner import NOT_APPLICABLE  # the axis changes nothing for the method (Finetune's exemplars)
 from methods import METHODS
 
 KINDS = ("cnn", "nme")
@@ -147,7 +148,6 @@ def method_color(method: str) -> str:
 
 # What a record without the axis keys (written before the axes existed) was run with.
 AXIS_DEFAULTS = {"exemplar_format": "raw", "model_storage": "fp32"}
-NOT_APPLICABLE = "n/a"  # the axis changes nothing for the method (Finetune's exemplars, Replay's blocks)
 # Stored-model precisions, most bytes first: the order of a method's variants.
 STORAGE_ORDER = ("fp32", "fp16", "bf16", "int8")
 
@@ -168,7 +168,7 @@ def with_axes(table: pd.DataFrame) -> pd.DataFrame:
 
 def configuration(method: str, exemplar_format: str = "raw", model_storage: str = "fp32") -> str:
     """"icarl", "icarl jpeg:50", "der int8", "der jpeg:50 fp16": the method and its values on
-    the axes that are neither the default nor "n/a" (the format first, then the precision)."""
+    the axes that are neither the default nor "-" (NOT_APPLICABLE) (the format first, then the precision)."""
     variants = [str(value) for axis, value in (("exemplar_format", exemplar_format),
                                                ("model_storage", model_storage))
                 if not pd.isna(value) and str(value) not in (AXIS_DEFAULTS[axis], NOT_APPLICABLE)]
@@ -191,7 +191,7 @@ def has_variants(table: pd.DataFrame) -> bool:
 
 
 def axis_rank(axis: str, value) -> tuple[int, int, str]:
-    """Sort key of a value on an axis: the default first, "n/a" with it, known precisions by
+    """Sort key of a value on an axis: the default first, "-" (NOT_APPLICABLE) with it, known precisions by
     bytes, other values A-Z."""
     value = AXIS_DEFAULTS[axis] if pd.isna(value) else str(value)
     if value in (AXIS_DEFAULTS[axis], NOT_APPLICABLE):
