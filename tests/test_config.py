@@ -85,7 +85,7 @@ def test_shipped_experiments_load_without_warnings(path):
 
 @pytest.mark.parametrize("change, expected", [
     ({"methods": ["icarl", "derr"]}, "methods[1]: unknown method 'derr'; did you mean der"),
-    ({"dataset": "cifar1000"}, "dataset: 'cifar1000' is not allowed; use one of cifar100, cifar10, imagenet100"),
+    ({"dataset": "cifar1000"}, "dataset: 'cifar1000' is not allowed; use one of cifar100, cifar10, imagenet100, imagenet1000"),
     ({"scenario": "B0I10"}, "scenario[0]: "),
     ({"scenario": "B0Inc30"}, "scenario: B0Inc30 on 100 classes: 100 classes do not divide into tasks of 30"),
     ({"scenario": 10}, "scenario: Input should be a list, got 10 (int)"),

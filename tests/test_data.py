@@ -36,7 +36,8 @@ def test_specs_sizes():
     facts = {name: (spec.title, spec.loader, spec.per_class("train"), spec.per_class("test"))
              for name, spec in DATASETS.items()}
     assert facts == {"cifar100": ("CIFAR-100", "cifar", 500, 100), "cifar10": ("CIFAR-10", "cifar", 5000, 1000),
-                     "imagenet100": ("ImageNet-100", "folders", 1300, 50)}
+                     "imagenet100": ("ImageNet-100", "folders", 1300, 50),
+                     "imagenet1000": ("ImageNet-1000", "folders", 1300, 50)}
     assert dataset_spec("cifar100").per_class("test", limit=20) == 20  # a profile's reduced count wins
     assert dataset_spec("cifar10").label == "CIFAR-10 ('cifar10')"
 
