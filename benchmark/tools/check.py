@@ -12,7 +12,9 @@ idle cores):
    which must run nothing (check_grid.py);
 4. packing: images/s of 1, 2 and 4 concurrent training processes, and the recommended
    `--runs-per-gpu` (packing.py);
-5. the projected hours of the paper's CIFAR-100 B0Inc10 curve grid (projection.py).
+5. the projected hours of the paper's CIFAR-100 B0Inc10 curve grid, or of the grid of --project
+   EXPERIMENT.yaml (e.g. the ImageNet-1000 one), measured on that grid's own image size; its table of
+   step times goes into the --json report, for `python -m benchmark.tools.projection` (projection.py).
 Each section prints PASS or FAIL; the exit code is 1 when any failed, 2 for a bad request.
 Sections 1-2 check correctness and run while section 3's grid trains in a subprocess; sections 4
 and 5 time things, so in a full check they wait until it is done (with --quick, whose timings are
@@ -114,12 +116,14 @@ def packing_section(section: Section, device: torch.device, sizes: Sizes) -> Non
     section.note(f"recommended: --runs-per-gpu {result['recommended']} (the smallest packing within 5 % of the best)")
 
 
-def projection_section(section: Section, device: torch.device, sizes: Sizes, packing: dict) -> None:
+def projection_section(section: Section, device: torch.device, sizes: Sizes, packing: dict,
+                       grid: Path = PAPER_GRID) -> None:
     from benchmark.tools import projection
     from benchmark.config.experiment import load_experiment
     from benchmark.config.grid import expand
+    from benchmark.data import DATASETS
 
-    runs = expand(load_experiment(PAPER_GRID), device.type)
+    runs = expand(load_experiment(grid), device.type)
     speeds, first, pick = projection.measure_speeds(runs, device, sizes.projection_batch, sizes.projection_warmup,
                                                     sizes.projection_steps, sizes.forward_images, sizes.last_task)
     totals = packing.get("totals") or {}
@@ -129,7 +133,11 @@ def projection_section(section: Section, device: torch.device, sizes: Sizes, pac
         packed, speedup = 1, 1.0
         section.note("no packing measurement (section 4 failed): one run at a time")
     result = projection.project(runs, speeds, first, pick, speedup)
-    section.note(f"{PAPER_GRID.name}: {len(runs)} runs + {len(result['first_task_models'])} shared first-task "
+    section.data["speed_table"] = projection.SpeedTable(
+        speeds, first, pick, DATASETS[runs[0].dataset].image_shape, speedup,
+        f"{device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
+        f"{runs[0].training['precision']}, packed {packed}").as_json()
+    section.note(f"{grid.name}: {len(runs)} runs + {len(result['first_task_models'])} shared first-task "
                  f"models, precision {runs[0].training['precision']}, packed {packed} per device")
     for line in projection.table(result).splitlines():
         section.note(line)
@@ -148,7 +156,8 @@ def projection_section(section: Section, device: torch.device, sizes: Sizes, pac
 
 
 # -- the whole check -------------------------------------------------------------------------------
-def check(device: torch.device, quick: bool, data_root: Path, log: Callable[[str], None] = print) -> list[Section]:
+def check(device: torch.device, quick: bool, data_root: Path, log: Callable[[str], None] = print,
+          project: Path = PAPER_GRID) -> list[Section]:
     from benchmark.tools.check_grid import section_grid
 
     sizes = QUICK if quick else FULL
@@ -173,7 +182,7 @@ def check(device: torch.device, quick: bool, data_root: Path, log: Callable[[str
             if not quick:  # the timed sections want the device to themselves
                 grid.join()
             done(run_section(sections[4], lambda s: packing_section(s, device, sizes)))
-            done(run_section(sections[5], lambda s: projection_section(s, device, sizes, sections[4].data)))
+            done(run_section(sections[5], lambda s: projection_section(s, device, sizes, sections[4].data, project)))
         finally:
             grid.join()
     return list(sections.values())
@@ -188,7 +197,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", help="also write the sections and their numbers to this file")
     parser.add_argument("--data-root", default=os.environ.get("CIL_DATA_ROOT", "data"),
                         help="folder holding CIFAR-100 (default: $CIL_DATA_ROOT or data)")
+    parser.add_argument("--project", type=Path, default=PAPER_GRID,
+                        help="the experiment whose grid section 5 projects (default: the paper's CIFAR-100 curve)")
     args = parser.parse_args(argv)
+    if not args.project.is_file():
+        parser.error(f"--project {args.project}: no such experiment file")
     device = torch.device(args.device)
     if device.type not in ("cuda", "cpu"):
         parser.error(f"--device {args.device}: use cuda, cuda:N or cpu")
@@ -223,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device check on {device} ({card}), {'quick' if args.quick else 'full'} size, torch {torch.__version__}")
     started = time.perf_counter()
-    sections = check(device, args.quick, data_root)
+    sections = check(device, args.quick, data_root, project=args.project)
     seconds = time.perf_counter() - started
     failed = [s for s in sections if s.status != "PASS"]
     print("\n" + "\n".join(f"{s.status}  {s.number}. {s.title}" for s in sections))

@@ -17,11 +17,23 @@ growing networks (DER, MEMO). A single network (teacher included) costs the same
 task. A growing network's cost is piecewise linear in the task index through its measured tasks,
 and beyond the last one the line through the last two: each task adds one frozen block, whose
 forward is the same every time.
+
+A SpeedTable holds those measurements (the device check's --json output carries one), so a grid
+can be projected later, or on another machine, without measuring again, as long as the table
+covers its method x backbone pairs at its image size:
+
+    python -m benchmark.tools.projection EXPERIMENT.yaml --speeds TABLE.json [--gpus N]
+
+prints the grid's GPU-hours (serial, and packed) and its wall hours on N devices.
 """
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 
@@ -138,6 +150,108 @@ def table(projection: dict) -> str:
     return "\n".join(lines)
 
 
+def wall_hours_on(projection: dict, gpus: int) -> float:
+    """Hours until the grid is done on `gpus` devices, each packed as measured: its GPU-hours shared
+    out, but never less than its longest chain (a shared first-task model, then the longest run
+    that starts from it, at one process's speed), since no run can be split between devices."""
+    if gpus < 1:
+        raise ValueError(f"gpus={gpus}: give at least 1 device")
+    first = {key: seconds for key, (_, seconds) in projection["first_task_models"].items()}
+    chain = max((first.get(first_task_key(row.run), 0.0) + row.train_seconds + row.eval_seconds
+                 for row in projection["runs"]), default=0.0)
+    return max(projection["wall_seconds"] / gpus, chain) / 3600
+
+
+@dataclass(frozen=True)
+class SpeedTable:
+    """Measured seconds per image (`measure_speeds`), kept to project any grid of the same method x
+    backbone pairs at the same image size: per pair and per backbone's first-task step, by task
+    index; seconds per herding pick; the packing speedup of the device (1: one run at a time)."""
+
+    pairs: dict[tuple[str, str], PairSpeed]
+    first: dict[str, PairSpeed]
+    pick_seconds: float
+    image_shape: tuple[int, int, int]
+    speedup: float = 1.0
+    device: str = ""  # what measured it, for the reader ("NVIDIA H100, bf16")
+
+    def as_json(self) -> dict:
+        def speed(value: PairSpeed) -> dict:
+            return {"train": {str(t): s for t, s in value.train.items()},
+                    "forward": {str(t): s for t, s in value.forward.items()}}
+        return {"device": self.device, "image_shape": list(self.image_shape), "speedup": self.speedup,
+                "pick_seconds": self.pick_seconds, "first": {b: speed(v) for b, v in self.first.items()},
+                "pairs": {f"{m}/{b}": speed(v) for (m, b), v in self.pairs.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "SpeedTable":
+        def speed(value: dict) -> PairSpeed:
+            return PairSpeed({int(t): float(s) for t, s in value["train"].items()},
+                             {int(t): float(s) for t, s in value["forward"].items()})
+        return cls({tuple(key.split("/", 1)): speed(v) for key, v in data["pairs"].items()},
+                   {b: speed(v) for b, v in data["first"].items()}, float(data["pick_seconds"]),
+                   tuple(data["image_shape"]), float(data.get("speedup", 1.0)), str(data.get("device", "")))
+
+    def problems(self, runs: list[Run]) -> list[str]:
+        """Why the table cannot project `runs` (empty when it can): another image size, or pairs and
+        first-task backbones it has not measured."""
+        found = []
+        for dataset in sorted({run.dataset for run in runs}):
+            if tuple(DATASETS[dataset].image_shape) != tuple(self.image_shape):
+                found.append(f"{dataset} has {DATASETS[dataset].image_shape} images, the table was measured on "
+                             f"{tuple(self.image_shape)}: measure on the grid's data set")
+        missing = sorted({f"{run.method}/{run.backbone}" for run in runs} - {f"{m}/{b}" for m, b in self.pairs})
+        missing += sorted({f"first task/{run.backbone}" for run in runs} - {f"first task/{b}" for b in self.first})
+        if missing:
+            found.append(f"no speeds for {', '.join(missing)}: measure them (the device check with --project "
+                         "EXPERIMENT.yaml writes a table that covers the experiment)")
+        return found
+
+
+def project_with(runs: list[Run], table: SpeedTable) -> dict:
+    """`project` from a saved table; ValueError naming what the table lacks."""
+    problems = table.problems(runs)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return project(runs, table.pairs, table.first, table.pick_seconds, table.speedup)
+
+
+def read_table(path: Path) -> SpeedTable:
+    """A table file: a bare SpeedTable's JSON, or the device check's --json report (its section 5's table)."""
+    data = json.loads(Path(path).read_text())
+    if "sections" in data:
+        tables = [s["data"]["speed_table"] for s in data["sections"] if "speed_table" in s.get("data", {})]
+        if not tables:
+            raise ValueError(f"{path}: a device check report without a speed table (its projection section "
+                             "failed or predates tables): run the check again")
+        data = tables[0]
+    return SpeedTable.from_json(data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmark.config.experiment import load_experiment
+    from benchmark.config.grid import expand
+
+    parser = argparse.ArgumentParser(prog="python -m benchmark.tools.projection",
+                                     description="GPU-hours of an experiment's grid from a table of measured step times")
+    parser.add_argument("experiment", help="experiment YAML file")
+    parser.add_argument("--speeds", required=True, help="a SpeedTable JSON, or the device check's --json report")
+    parser.add_argument("--gpus", type=int, default=1, help="devices the grid is spread over (default 1)")
+    args = parser.parse_args(argv)
+    speeds = read_table(Path(args.speeds))
+    runs = expand(load_experiment(args.experiment), "cuda")
+    try:
+        result = project_with(runs, speeds)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{Path(args.experiment).name}: {len(runs)} runs + {len(result['first_task_models'])} shared first-task "
+          f"models; speeds of {speeds.device or 'an unnamed device'}")
+    print(table(result))
+    print(f"on {args.gpus} device(s): {wall_hours_on(result, args.gpus):.1f} h")
+    return 0
+
+
 # -- measuring ---------------------------------------------------------------------------------------
 def measure_speeds(runs: list[Run], device: torch.device, batch_size: int, warmup: int, steps: int,
                    forward_images: int, last_task: bool) -> tuple[dict, dict, float]:
@@ -150,7 +264,14 @@ def measure_speeds(runs: list[Run], device: torch.device, batch_size: int, warmu
     if len(scenarios) != 1 or len(precisions) != 1:
         raise ValueError(f"project one scenario and precision at a time (the grid has {sorted(scenarios)}, "
                          f"{sorted(precisions)}): split the experiment file")
-    data = synthetic_data(device, scenarios.pop(), per_class=20)
+    datasets = {run.dataset for run in runs}
+    if len(datasets) != 1:
+        raise ValueError(f"project one data set at a time (the grid has {sorted(datasets)}): split the experiment file")
+    dataset = datasets.pop()
+    # Images of the grid's size: a step's cost depends on them. About 2,000 in all (20 per class of
+    # CIFAR-100, 2 of ImageNet-1000's 1000 classes: 300 MB), since steps sample them with replacement.
+    data = synthetic_data(device, scenarios.pop(), per_class=max(2, 2000 // DATASETS[dataset].num_classes),
+                          dataset=dataset)
     precision = precisions.pop()
     first = {}
     for backbone in sorted({run.backbone for run in runs}):
@@ -202,3 +323,7 @@ def herding_pick_seconds(device: torch.device, images: int = 500, dim: int = 64,
     started = time.perf_counter()
     herding_order(features, picks)  # each pick ends on the host (int of the argmin): synchronized
     return (time.perf_counter() - started) / picks
+
+
+if __name__ == "__main__":
+    sys.exit(main())
