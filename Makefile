@@ -27,8 +27,12 @@ bench: venv
 plan: venv
 	$(PY) run_all.py plan $(EXPERIMENT)
 
+# Two pytest workers (pytest-xdist), a test file each at a time (--dist loadfile: a file's tests
+# share its fixtures and, for the Ray and SLURM tests, its cluster); TEST_WORKERS=0 runs them in one
+# process. Many tests wait on subprocesses, so two workers gain even on two cores.
+TEST_WORKERS ?= 2
 test: venv
-	$(if $(DATA),CIL_DATA_ROOT=$(DATA) ,)$(PY) -m pytest -q
+	$(if $(DATA),CIL_DATA_ROOT=$(DATA) ,)$(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 # Before a grid on a GPU machine: steps, parity, a tiny grid, packing and projected hours (sized for
 # about 8 minutes on one GPU, not yet timed on one; python -m benchmark.tools.check --help).
