@@ -122,8 +122,9 @@ STORAGE_COST_LEGEND = (
     "fp32: the fp32 run's accuracy (%) on the classes seen; converted: the same run with its "
     "frozen blocks converted to that dtype, evaluation only; cost: converted - fp32 (the "
     "precision alone); trained: the run trained with that storage at the same budget (with the "
-    "exemplars its smaller model leaves room for); gain: trained - fp32. Means over the tasks "
-    "with frozen blocks (`tasks`) and over seeds.")
+    "exemplars its smaller model leaves room for); gain: trained - fp32. Means over the probed tasks "
+    "(`tasks`; the first has nothing frozen, so it adds no cost: the means are average incremental "
+    "accuracy's) and over seeds.")
 
 
 def storage_cost_grid(group: pd.DataFrame) -> pd.DataFrame:
