@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,9 @@ import pytest
 # loopback address only: Ray treats a machine with this switch off as a single-machine setup and
 # uses 127.0.0.1 instead of the interface address. Set before any test module imports Ray.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# Small measured numbers (an exemplar format's mean size) are cached in the user's cache folder:
+# the tests' go to a folder of their own, never the home folder's (subprocesses inherit it).
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="cil-test-cache-")
 
 from benchmark.data import DataError, dataset_spec, find_dataset_dir, load_dataset
 from benchmark.data.cifar import locate

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -128,6 +129,10 @@ def test_plan_prints_the_estimate_and_the_axes(tmp_path, cifar_root):
         assert run_all.main(["plan", str(experiment), "--data-root", str(cifar_root), "--csv"]) == 0
     table = pd.read_csv(io.StringIO(out.getvalue()))
     assert sorted(table["exemplar_format"]) == ["jpeg:75", "raw"]
+    # measured once, kept in the user's cache folder (the tests' own, tests/conftest.py), not beside the data
+    cached = json.loads((Path(os.environ["XDG_CACHE_HOME"]) / "cil-bench" / "encoded_sizes.json").read_text())
+    assert [key for key in cached if "|jpeg:75|" in key] == ["cifar100|5_per_class|jpeg:75|sample=1000|simplejpeg=1.9.0"]
+    assert not list(Path(cifar_root).rglob("encoded_sizes.json"))
 
 
 # -- a tiny real grid with both axes, end to end ------------------------------------------------

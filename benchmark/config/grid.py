@@ -21,8 +21,7 @@ from methods.exemplar_formats import ExemplarFormat
 from benchmark.files import stable_hash
 from benchmark.config.experiment import EXEMPLAR_FORMAT, MODEL_STORAGE, Experiment
 from benchmark.data import DATASETS, Scenario
-from benchmark.data.encoded_size import EncodedSize, encoded_size
-from benchmark.data.image_cache import cache_dir_for
+from benchmark.data.encoded_size import EncodedSize, encoded_size, user_cache_dir
 from benchmark.config.precision import precision_problem
 from benchmark.config.profile import CPU_THREADS
 
@@ -69,9 +68,10 @@ StoredSize = Callable[[ExemplarFormat], EncodedSize]
 
 
 def measured_stored_size(experiment: Experiment, data_root: str | Path) -> StoredSize:
-    """The stored-size measure of `experiment`'s data set (its training subset), cached next to the
-    data's image caches (or in the temporary folder where that cannot be written)."""
-    folder = cache_dir_for(Path(data_root) / experiment.dataset) or Path(tempfile.gettempdir()) / "cil-cache"
+    """The stored-size measure of `experiment`'s data set (its training subset), cached in the user's
+    cache folder (benchmark.data.encoded_size.user_cache_dir), or measured afresh where that cannot
+    be written."""
+    folder = user_cache_dir()
 
     def stored_size(fmt: ExemplarFormat) -> EncodedSize:
         measure = functools.partial(encoded_size, experiment.dataset, Path(data_root), fmt,

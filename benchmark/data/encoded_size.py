@@ -12,6 +12,7 @@ its `name`, `fixed_image_bytes` and `encode`, so that the data room needs no imp
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -24,6 +25,13 @@ from .imageset import per_class_subset
 from .specs import dataset_spec
 
 ENCODED_SIZES = "encoded_sizes.json"
+
+
+def user_cache_dir() -> Path:
+    """The user's cache folder for small measured numbers: $XDG_CACHE_HOME/cil-bench (default
+    ~/.cache/cil-bench). Not the data folder: data sets are often shared and read-only, and a JSON
+    of a few numbers does not belong beside them."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cil-bench"
 SAMPLE_SEED = 0
 
 
