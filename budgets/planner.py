@@ -82,9 +82,6 @@ class PlanContext:
                               "(--data-root or $CIL_DATA_ROOT)")
         return self.stored_image_bytes
 
-    def options_of(self, method: str) -> dict[str, object]:
-        return dict(dict(self.method_options).get(method, ()))
-
     @property
     def minimum_exemplars(self) -> int:
         return sum(self.task_sizes) if self.min_exemplars is None else self.min_exemplars

@@ -78,7 +78,7 @@ def measured_stored_size(experiment: Experiment, data_root: str | Path) -> Store
                                     images_per_class=experiment.profile.images_per_class)
         try:
             return measure(cache_dir=folder)
-        except OSError:  # a read-only data folder: measure again each time (a fraction of a second)
+        except OSError:  # a cache folder that cannot be written: measure again (a fraction of a second)
             return measure(cache_dir=Path(tempfile.mkdtemp(prefix="cil-encoded-sizes-")))
     return stored_size
 
@@ -98,15 +98,15 @@ def plan_context(experiment: Experiment, scenario: str, exemplar_format: str = E
         min_exemplars=experiment.min_exemplars,
         train_images=spec.num_classes * spec.per_class("train", experiment.profile.images_per_class),
         exemplar_format=fmt.name, stored_image_bytes=mean, shared_header_bytes=header, model_storage=model_storage,
-        method_options=_resolved_options(experiment, scenario))
+        # hashable: the planner caches the final models it counts
+        method_options=tuple((method, tuple(sorted(resolved_options(experiment, method, scenario).items())))
+                             for method in experiment.methods))
 
 
-def _resolved_options(experiment: Experiment, scenario: str) -> tuple:
-    """Every method's options as the run gets them, hashable (the planner caches final models)."""
-    base = Scenario.parse(scenario).base
-    resolved = {method: METHODS.get(method).resolve_options(experiment.method_options.get(method, {}), base)
-                for method in experiment.methods}
-    return tuple((method, tuple(sorted(options.items()))) for method, options in resolved.items())
+def resolved_options(experiment: Experiment, method: str, scenario: str) -> dict[str, Any]:
+    """`method`'s options as its runs get them in `scenario` ("auto" values made concrete)."""
+    return METHODS.get(method).resolve_options(experiment.method_options.get(method, {}),
+                                               Scenario.parse(scenario).base)
 
 
 # Raised whenever a code change alters what a run trains (initialization, a loss, augmentation):
@@ -136,8 +136,7 @@ def training_settings(experiment: Experiment, cell: CellPlan, scenario: str) -> 
         "exemplar_selection": experiment.exemplar_selection,
         **({"random_selection_revision": RANDOM_SELECTION_REVISION}
            if experiment.exemplar_selection == "random" and METHODS.get(method).uses_exemplars else {}),
-        "method_options": METHODS.get(method).resolve_options(experiment.method_options.get(method, {}),
-                                                              Scenario.parse(scenario).base),
+        "method_options": resolved_options(experiment, method, scenario),
         **axis_settings(experiment, cell),
     }
 

@@ -432,12 +432,12 @@ class Engine:
         return class_means(features, source.labels, task.total_classes)
 
     def audit(self, task: Task) -> dict[str, dict]:
-        """Bytes actually held after this task, under both counting policies: a non-raw exemplar
-        memory at its real stored bytes (not its decoded working copy)."""
+        """Bytes actually held after this task, under both counting policies: the exemplar memory at
+        what it really stores (raw pixels, or a format's encoded bytes, never its decoded working copy);
+        Joint at every image it has seen."""
         stored = self.stored_images(task)
         network, teacher = self.method.network, self.method.teacher
-        encoded = isinstance(self.memory, EncodedExemplarMemory) and not self.method.trains_on_all_data
-        stored_bytes = self.memory.stored_bytes() if encoded else None
+        stored_bytes = None if self.method.trains_on_all_data else self.memory.stored_bytes()
         return {policy: count_memory(network, policy, stored, self.data.image_shape, teacher,
                                      stored_exemplar_bytes=stored_bytes).as_dict()
                 for policy in POLICIES}
