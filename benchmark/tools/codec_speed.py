@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from benchmark.data import load_dataset
-from methods.exemplar_formats import psnr, split_header
+from methods.exemplar_formats import ExemplarFormat, psnr, split_header
 
 QUALITIES = (50, 75, 90)
 
@@ -97,6 +97,20 @@ def measure(name: str, quality: int, hwc: np.ndarray, repeats: int) -> dict:
             "psnr": float(psnr(chw(decoded), chw(hwc)).mean())}
 
 
+# The formats the second table compares as the suite stores and replays them (ExemplarFormat).
+FORMATS = ("raw", "downsample:2", "jpeg:50", "jpeg:75", "downsample:2+jpeg:75")
+
+
+def stored_format_row(text: str, hwc: np.ndarray) -> dict:
+    """Bytes per stored image and PSNR of the replayed image (decoded, upsampled) of one format."""
+    fmt = ExemplarFormat.parse(text)
+    images = torch.from_numpy(hwc).permute(0, 3, 1, 2).contiguous()
+    stored = fmt.encode(images)
+    replayed = fmt.decode(stored)
+    return {"format": fmt.name, "bytes": float(np.mean(stored.image_bytes())),
+            "psnr": float(psnr(replayed, images).mean())}  # inf for raw: an exact copy
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000)
@@ -114,6 +128,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name:<12}{quality:>4}{row['encode_per_s']:>11,.0f}{row['decode_per_s']:>11,.0f}"
                   f"{row['file_bytes']:>9.1f}{row['header_bytes']:>10}{row['file_bytes'] - row['header_bytes']:>8.1f}"
                   f"{'yes' if row['headers_identical'] else 'no':>9}{row['psnr']:>9.2f}")
+    print(f"\nexemplar formats as stored and replayed (bytes per image, the header included; PSNR of the "
+          f"replayed image)\n{'format':<22}{'bytes':>9}{'PSNR dB':>9}")
+    for text in FORMATS:
+        row = stored_format_row(text, hwc)
+        print(f"{row['format']:<22}{row['bytes']:>9.1f}{row['psnr']:>9.2f}")
 
 
 if __name__ == "__main__":
