@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmark.train.batches import Augmentation, CachedSource, ConcatSource, source_of
+from benchmark.train.augmentation import Augmentation
+from benchmark.train.batches import CachedSource, ConcatSource, source_of
 from benchmark.data import load_dataset
 from benchmark.data.image_cache import CACHE_ENV
 from benchmark.train.engine import Engine, EngineSettings, RunData

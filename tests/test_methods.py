@@ -614,7 +614,8 @@ def test_build_network_kinds():
 def test_random_selection_draws_each_class_separately():
     """With random selection, each class gets its own draw (a shared seed would pick the same
     positions in every class)."""
-    from benchmark.train.batches import Augmentation, TensorSource
+    from benchmark.train.augmentation import Augmentation
+    from benchmark.train.batches import TensorSource
     from benchmark.train.engine import Engine, EngineSettings, RunData
     from benchmark.config.profile import Schedule
     from methods import METHODS

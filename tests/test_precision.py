@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from benchmark.train import runner
-from benchmark.train.batches import Augmentation, TensorSource
+from benchmark.train.augmentation import Augmentation
+from benchmark.train.batches import TensorSource
 from benchmark.config.experiment import parse_experiment
 from benchmark.train.engine import DivergedError, Engine, EngineSettings, RunData, uses_autocast
 from benchmark.config.grid import expand, precision_problems

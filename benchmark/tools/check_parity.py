@@ -17,7 +17,7 @@ import torch
 
 from methods.exemplars import herding_order
 
-from benchmark.train.batches import Augmentation, crop_and_flip
+from benchmark.train.augmentation import Augmentation, crop_and_flip
 from benchmark.train.evaluation import nme_predict
 
 if TYPE_CHECKING:

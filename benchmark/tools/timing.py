@@ -25,7 +25,8 @@ from budgets.planner import ANCHOR_EXEMPLARS
 from methods import METHODS, Method
 from methods.backbones import build_backbone
 
-from benchmark.train.batches import Augmentation, TensorSource, select
+from benchmark.train.augmentation import Augmentation
+from benchmark.train.batches import TensorSource, select
 from benchmark.config.experiment import parse_experiment
 from benchmark.config.profile import Schedule
 from benchmark.data import DATASETS, Scenario

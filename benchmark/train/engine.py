@@ -19,7 +19,8 @@ from methods.exemplars import EncodedExemplarMemory, ExemplarMemory, herding_ord
 from methods.networks import IncrementalNet
 from methods.storage import check_storage
 
-from benchmark.train.batches import Augmentation, BatchSource, TensorSource, concat, select
+from benchmark.train.augmentation import Augmentation
+from benchmark.train.batches import BatchSource, TensorSource, concat, select
 from benchmark.train.evaluation import Accuracy, accuracy, class_means, extract, nme_predict
 from benchmark.config.precision import precision_problem
 from benchmark.config import experiment, profile

@@ -9,7 +9,8 @@ import torch
 
 from methods.networks import IncrementalNet
 
-from benchmark.train.batches import Augmentation, BatchSource
+from benchmark.train.augmentation import Augmentation
+from benchmark.train.batches import BatchSource
 
 
 @torch.no_grad()

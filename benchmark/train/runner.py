@@ -21,7 +21,8 @@ from methods import METHODS
 
 from benchmark.records import metrics, space
 from benchmark.train import checkpoints
-from benchmark.train.batches import Augmentation, source_of
+from benchmark.train.augmentation import Augmentation
+from benchmark.train.batches import source_of
 from benchmark.data import DATASETS, Scenario, class_order, incremental_labels, load_dataset, per_class_subset
 from benchmark.train.engine import Engine, EngineSettings, RunData, TaskResult
 from benchmark.config.grid import Run, identity_hash
