@@ -95,7 +95,7 @@ def test_the_image_cache_syncs_its_array_and_its_manifest(tmp_path, synced):
     assert re.fullmatch(temporary_of(f"{stem}.npy"), files_synced[0])
     assert re.fullmatch(temporary_of(f"{stem}.json"), files_synced[1])  # the manifest, last: it marks completion
     assert synced.count(("folder", "cache")) == 2
-    assert sorted(os.listdir(tmp_path / "cache")) == [f"{stem}.json", f"{stem}.lock", f"{stem}.npy"]
+    assert sorted(os.listdir(tmp_path / "cache")) == [f"{stem}.json", f"{stem}.lock", f"{stem}.npy", f"{stem}.used"]
 
 
 def test_the_image_cache_key_is_the_stable_hash_of_its_list_and_transform():

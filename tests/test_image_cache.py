@@ -63,7 +63,7 @@ def test_cache_equals_decoding_and_is_reused_without_decoding(image_paths, tmp_p
     assert cached.dtype == np.uint8 and cached.shape == (COUNT, 224, 224, 3) and not cached.flags.writeable
     np.testing.assert_array_equal(cached, decoded)
     files = sorted(p.suffix for p in tmp_path.iterdir())
-    assert files == [".json", ".lock", ".npy"]  # no temporary left behind
+    assert files == [".json", ".lock", ".npy", ".used"]  # no temporary left behind
     manifest = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert manifest["count"] == COUNT and manifest["shape"] == [COUNT, 224, 224, 3]
     assert [f[0] for f in manifest["files"]] == image_paths
