@@ -119,8 +119,11 @@ TRAINING_REVISION = 2
 RANDOM_SELECTION_REVISION = 2
 
 
+CIFAR_AUGMENTATION = "pad_crop_flip_brightness"
+
+
 def training_settings(experiment: Experiment, cell: CellPlan, scenario: str) -> dict[str, Any]:
-    profile, method = experiment.profile, cell.method
+    profile, method, spec = experiment.profile, cell.method, DATASETS[experiment.dataset]
     return {
         "revision": TRAINING_REVISION,
         "first_task": asdict(profile.first_task),
@@ -128,6 +131,9 @@ def training_settings(experiment: Experiment, cell: CellPlan, scenario: str) -> 
         "images_per_class": profile.images_per_class,
         "test_images_per_class": profile.test_images_per_class,
         "augment": profile.augment,
+        # Only where it is not the CIFAR recipe every earlier run trained with: CIFAR run ids stand,
+        # while ImageNet runs from the time it trained with the CIFAR recipe are never taken for these.
+        **({"augmentation": spec.augmentation} if spec.augmentation != CIFAR_AUGMENTATION else {}),
         "precision": profile.precision,
         "eval_batch_size": profile.eval_batch_size,
         "herding_batch_size": profile.herding_batch_size,

@@ -4,8 +4,10 @@ Layout, in `root` or `root/imagenet100`:
     train/<class_dir>/*.JPEG, val/<class_dir>/*.JPEG          (class index = sorted class dir names)
     optional train.txt, val.txt: lines "relative/path.JPEG label" (the PyCIL/PODNet split lists)
 When both lists exist they define the split and the labels; otherwise the folders are scanned.
-Batch sources read the images from a decoded uint8 cache in root/imagenet100/.cache (image_cache.py;
-$CIL_IMAGE_CACHE moves it or turns it off), built on first use.
+Batch sources read the images from what is kept of them in root/imagenet100/.cache ($CIL_IMAGE_CACHE
+moves it or turns it off), built on first use: the training images whole at shorter side 256 as JPEG
+(jpeg_store.py; the training augmentation crops from the whole image), the test images as their
+Resize(256) + CenterCrop(224) view in a uint8 memory map (image_cache.py).
 """
 from __future__ import annotations
 
@@ -166,6 +168,7 @@ def load_imagenet(spec: DatasetSpec, root: str | Path, download: bool = True) ->
         spec = dataclasses.replace(spec, num_classes=len(names))
     cache_dir = cache_dir_for(folder)  # used (and built) when a batch source is made, not here
     crop = spec.image_shape[0]  # the shorter side is resized in ImageNet's 256:224 ratio to the crop
+    stored_as = {"train": "jpeg", "val": "centre_crops"}
     train, test = (FolderImageSet(*splits[split], resize=round(crop * 256 / 224), crop=crop,
-                                  cache_dir=cache_dir, split=split) for split in SPLITS)
+                                  cache_dir=cache_dir, split=split, stored_as=stored_as[split]) for split in SPLITS)
     return Dataset(spec, train, test, names)

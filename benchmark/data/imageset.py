@@ -74,6 +74,11 @@ class ImageSet(ABC):
         """All images as one uint8 [N, H, W, 3] array (a memory map) when the set keeps such a cache."""
         return None
 
+    def training_store(self):
+        """The store of whole images that training batches are read from (jpeg_store.JpegStore), when
+        the set keeps one; None: training reads the same images as evaluation."""
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self)} images of {self.image_shape})"
 
@@ -112,60 +117,98 @@ def _decode_pool(pid: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="decode")
 
 
-def decode_center_crop(path: str, resize: int = 256, crop: int = 224) -> np.ndarray:
-    """RGB uint8 [crop, crop, 3]: shorter side resized to `resize` (bilinear), then a centre crop.
-
-    The size arithmetic copies torchvision's Resize(256) + CenterCrop(224) so images match the
-    reference pipelines' evaluation transform pixel for pixel.
-    """
+def _open_rgb(path: str):
     from PIL import Image
 
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB")
+            return img.convert("RGB")
     except (OSError, ValueError) as err:
         raise DataError(f"cannot decode image {path}: {err}") from err
+
+
+def resize_shorter_side(img, side: int):
+    """A PIL image with its shorter side resized to `side` (bilinear), the aspect ratio kept: the size
+    arithmetic of torchvision's Resize(side) on a PIL image, so the pixels match the reference's."""
+    from PIL import Image
+
     width, height = img.size
     short, long = min(width, height), max(width, height)
-    new_long = int(resize * long / short)  # truncation, as torchvision does
-    size = (resize, new_long) if width <= height else (new_long, resize)
-    img = img.resize(size, Image.BILINEAR)
-    top = int(round((img.height - crop) / 2.0))
-    left = int(round((img.width - crop) / 2.0))
-    return np.asarray(img.crop((left, top, left + crop, top + crop)), dtype=np.uint8)
+    new_long = int(side * long / short)  # truncation, as torchvision does
+    size = (side, new_long) if width <= height else (new_long, side)
+    return img.resize(size, Image.BILINEAR)
+
+
+def centre_crop(image: np.ndarray, crop: int) -> np.ndarray:
+    """The centre `crop` x `crop` window of an HWC image (a view), with torchvision CenterCrop's rounding."""
+    height, width = image.shape[:2]
+    top, left = int(round((height - crop) / 2.0)), int(round((width - crop) / 2.0))
+    return image[top:top + crop, left:left + crop]
+
+
+def decode_resized(path: str, resize: int = 256) -> np.ndarray:
+    """RGB uint8 [H, W, 3] with the shorter side `resize`: what the training store keeps of an image."""
+    return np.asarray(resize_shorter_side(_open_rgb(path), resize), dtype=np.uint8)
+
+
+def decode_center_crop(path: str, resize: int = 256, crop: int = 224) -> np.ndarray:
+    """RGB uint8 [crop, crop, 3]: shorter side resized to `resize` (bilinear), then a centre crop.
+
+    Copies torchvision's Resize(256) + CenterCrop(224), so images match the reference pipelines'
+    evaluation transform pixel for pixel.
+    """
+    return np.ascontiguousarray(centre_crop(decode_resized(path, resize), crop))
+
+
+STORED_AS = ("centre_crops", "jpeg")
 
 
 class FolderImageSet(ImageSet):
-    """Images stored as files. read() decodes them; with a `cache_dir`, cached_images() decodes every
-    file once into a shared uint8 memory map (image_cache.py) that batch sources read instead."""
+    """Images stored as files. read() decodes them to the evaluation view (shorter side `resize`, centre
+    `crop`). With a `cache_dir`, what the batch sources read instead is kept on disk once, as `stored_as`:
+      - "centre_crops": the evaluation view, decoded into a uint8 memory map (image_cache.py); exact,
+        and all an evaluation split needs;
+      - "jpeg": the whole image at shorter side `resize`, as JPEG (jpeg_store.py); it serves the
+        training augmentation, which crops from the whole image, and the evaluation view (a centre
+        crop of it), at a fifth of the centre crops' bytes.
+    """
 
     in_memory = False
 
     def __init__(self, paths: Sequence[str | Path], labels: np.ndarray, resize: int = 256, crop: int = 224,
-                 cache_dir: str | Path | None = None, split: str = "images"):
+                 cache_dir: str | Path | None = None, split: str = "images", stored_as: str = "centre_crops"):
         if len(paths) != len(labels):
             raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
+        if stored_as not in STORED_AS:
+            raise ValueError(f"stored_as must be one of {', '.join(STORED_AS)}, got {stored_as!r}")
         self.paths = np.asarray([str(p) for p in paths], dtype=object)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.resize, self.crop = resize, crop
         self.image_shape = (crop, crop, 3)
-        self.cache_dir, self.split = cache_dir, split
-        self._cached: np.ndarray | None = None  # opened once per set: the check stats every file
+        self.cache_dir, self.split, self.stored_as = cache_dir, split, stored_as
+        self._cached = None  # opened once per set: the check stats every file
 
     def read(self, indices: np.ndarray) -> np.ndarray:
         idx = _as_indices(indices, len(self))
         out = np.empty((len(idx), *self.image_shape), dtype=np.uint8)
         decode = functools.partial(decode_center_crop, resize=self.resize, crop=self.crop)
-        if len(idx) <= 1:  # not worth a round trip through the pool
-            images = map(decode, self.paths[idx])
-        else:
-            images = _decode_pool(os.getpid()).map(decode, self.paths[idx])
-        for row, image in enumerate(images):
+        for row, image in enumerate(self._decoded(decode, idx)):
             out[row] = image
         return out
 
+    def read_whole(self, indices: np.ndarray) -> list[np.ndarray]:
+        """The images of those rows at shorter side `resize`, whole (uint8 [h, w, 3] each): what the
+        training augmentation crops from, decoded per batch when no store is kept."""
+        idx = _as_indices(indices, len(self))
+        return list(self._decoded(functools.partial(decode_resized, resize=self.resize), idx))
+
+    def _decoded(self, decode, idx: np.ndarray):
+        if len(idx) <= 1:  # not worth a round trip through the pool
+            return map(decode, self.paths[idx])
+        return _decode_pool(os.getpid()).map(decode, self.paths[idx])
+
     def cached_images(self) -> np.ndarray | None:
-        if self.cache_dir is None:
+        if self.cache_dir is None or self.stored_as != "centre_crops":
             return None
         if self._cached is None:
             from .image_cache import open_image_cache
@@ -176,15 +219,27 @@ class FolderImageSet(ImageSet):
                                             self.cache_dir, self.split)
         return self._cached
 
+    def training_store(self):
+        """The JPEG store of these images (built on first use), when they are kept as "jpeg"; else None."""
+        if self.cache_dir is None or self.stored_as != "jpeg":
+            return None
+        if self._cached is None:
+            from .jpeg_store import open_jpeg_store
+
+            self._cached = open_jpeg_store(self.paths.tolist(), self.cache_dir, self.split, side=self.resize)
+        return self._cached
+
+    def _like(self, paths: np.ndarray, labels: np.ndarray) -> "FolderImageSet":
+        return FolderImageSet(paths, labels, self.resize, self.crop, self.cache_dir, self.split, self.stored_as)
+
     def subset(self, indices: np.ndarray) -> "FolderImageSet":
         # Another file list is another cache (built on first use), so a reduced profile never
         # decodes the images it does not use.
         idx = _as_indices(indices, len(self))
-        return FolderImageSet(self.paths[idx], self.labels[idx], self.resize, self.crop, self.cache_dir, self.split)
+        return self._like(self.paths[idx], self.labels[idx])
 
     def relabel(self, mapping: np.ndarray) -> "FolderImageSet":
-        relabelled = FolderImageSet(self.paths, _mapped_labels(self.labels, mapping), self.resize, self.crop,
-                                    self.cache_dir, self.split)
+        relabelled = self._like(self.paths, _mapped_labels(self.labels, mapping))
         relabelled._cached = self._cached  # same files, same cache
         return relabelled
 

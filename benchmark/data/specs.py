@@ -9,6 +9,9 @@ import difflib
 from dataclasses import dataclass
 
 LOADERS = ("cifar", "folders")
+# The reference training augmentations (docs/protocol.md section 5; train/augmentation.py builds them):
+# PyCIL's iCIFAR100, iImageNet100 and iImageNet1000 train_trsf.
+AUGMENTATIONS = ("pad_crop_flip_brightness", "resized_crop_flip", "resized_crop_flip_brightness")
 
 
 @dataclass(frozen=True)
@@ -22,10 +25,14 @@ class DatasetSpec:
     test_per_class: int | None = None  # None: not stated (a folder data set's split decides)
     title: str = ""  # how messages name it ("CIFAR-100"); "": its name
     loader: str = "folders"  # "cifar": arrays or the torchvision download; "folders": class folders (ImageNet's layout)
+    augmentation: str = "resized_crop_flip"  # the training augmentation, one of AUGMENTATIONS
 
     def __post_init__(self) -> None:
         if self.loader not in LOADERS:
             raise ValueError(f"{self.label}: unknown loader {self.loader!r}; use one of {', '.join(LOADERS)}")
+        if self.augmentation not in AUGMENTATIONS:
+            raise ValueError(f"{self.label}: unknown augmentation {self.augmentation!r}; "
+                             f"use one of {', '.join(AUGMENTATIONS)}")
 
     @property
     def image_bytes(self) -> int:
@@ -64,11 +71,12 @@ DATASETS: dict[str, DatasetSpec] = {
     for spec in (
         # CIFAR: the official splits' counts, which the loader checks class by class.
         DatasetSpec("cifar100", 100, (32, 32, 3), (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761), 500, 100,
-                    title="CIFAR-100", loader="cifar"),
+                    title="CIFAR-100", loader="cifar", augmentation="pad_crop_flip_brightness"),
         DatasetSpec("cifar10", 10, (32, 32, 3), (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), 5000, 1000,
-                    title="CIFAR-10", loader="cifar"),
-        # ImageNet-100 images are read as a 224x224 centre crop (see FolderImageSet); the 50 per class
-        # are ILSVRC-2012's validation images, its test split here.
+                    title="CIFAR-10", loader="cifar", augmentation="pad_crop_flip_brightness"),
+        # ImageNet-100 trains on RandomResizedCrop(224) of the whole image and is evaluated (and keeps
+        # exemplars) as a 224x224 centre crop (see FolderImageSet); the 50 per class are ILSVRC-2012's
+        # validation images, its test split here.
         DatasetSpec("imagenet100", 100, (224, 224, 3), _IMAGENET_MEAN, _IMAGENET_STD, 1300, 50,
                     title="ImageNet-100"),
         # ImageNet-1000 is ILSVRC-2012 whole: PyCIL's iImageNet1000 reads train/ and val/ with torchvision's
@@ -79,7 +87,7 @@ DATASETS: dict[str, DatasetSpec] = {
         # and the exemplar quota of the paper's fair budget (226 per class after B0Inc100's first task,
         # 22 after its last) stays below 732, so no class runs short.
         DatasetSpec("imagenet1000", 1000, (224, 224, 3), _IMAGENET_MEAN, _IMAGENET_STD, 1300, 50,
-                    title="ImageNet-1000"),
+                    title="ImageNet-1000", augmentation="resized_crop_flip_brightness"),
     )
 }
 

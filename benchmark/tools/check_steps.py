@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Iterator
 import torch
 from torch import nn
 
-from benchmark.train.batches import BatchSource, CachedSource, select
+from benchmark.train.batches import Batches, BatchSource, CachedSource, Images, select
 from benchmark.train.engine import Engine, RunData
 from benchmark.config.grid import Run
 from benchmark.tools.timing import task_engine
@@ -51,8 +51,11 @@ class SyncGuardedSource(BatchSource):
     def images(self, indices: torch.Tensor) -> torch.Tensor:
         return self.source.images(indices)
 
-    def batches(self, order: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        batches = self.source.batches(order, batch_size)
+    def training_images(self, indices: torch.Tensor) -> Images:
+        return self.source.training_images(indices)
+
+    def batches(self, order: torch.Tensor, batch_size: int, training: bool = False) -> Batches:
+        batches = self.source.batches(order, batch_size, training)
         first = next(batches, None)
         if first is None:
             return

@@ -1,9 +1,15 @@
-"""Where training and test batches come from, and the batch types; the augmentation is in augmentation.py.
+"""Where training and test batches come from; the augmentation is in augmentation.py.
 
-CIFAR-size data lives on the run's device as one uint8 tensor and is indexed there: no
-per-image PIL transforms and no DataLoader worker processes. Folder data sets (ImageNet-100) are
-read from their decoded uint8 cache (data/image_cache.py), a memory map, one batch ahead on a
-background thread; without a cache each batch is decoded on a thread pool. Exemplars are uint8
+A source hands out two views of its rows, both uint8 on the run's device:
+  - `images(rows)`: the evaluation view, [n, C, H, W] of the data set's image shape (evaluation,
+    herding, class means, and what an exemplar stores);
+  - `training_images(rows)`: what the training augmentation reads. For CIFAR the same batch; for
+    folder data sets (ImageNet) a list of whole images [C, h_i, w_i] of differing sizes, from which
+    RandomResizedCrop cuts (augmentation.ImageNetAugmentation).
+CIFAR-size data lives on the device as one uint8 tensor and is indexed there: no per-image PIL
+transforms and no DataLoader worker processes. Folder data sets are read from what their data folder
+keeps (data/jpeg_store.py for training images, data/image_cache.py for test images), one batch ahead
+on a background thread; without a cache each batch is decoded on a thread pool. Exemplars are uint8
 tensors too, so a task's training set is the new images plus the exemplars, concatenated once per task.
 """
 from __future__ import annotations
@@ -16,7 +22,10 @@ import torch
 
 from benchmark.data import ImageSet
 
-Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
+# A batch of images: uint8 [n, C, H, W], or (a training batch of whole folder images) a list of
+# uint8 [C, h_i, w_i] tensors.
+Images = torch.Tensor | list[torch.Tensor]
+Batches = Iterator[tuple[torch.Tensor, Images]]
 
 
 class BatchSource:
@@ -31,14 +40,20 @@ class BatchSource:
     def images(self, indices: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def batches(self, order: torch.Tensor, batch_size: int) -> Batches:
-        """(rows, uint8 images on the device) for each slice of `order`, in order. Sources that
-        read from disk (and selections or concatenations holding one) prefetch the next batch."""
+    def training_images(self, indices: torch.Tensor) -> Images:
+        """What the training augmentation reads of those rows; by default the evaluation view."""
+        return self.images(indices)
+
+    def batches(self, order: torch.Tensor, batch_size: int, training: bool = False) -> Batches:
+        """(rows, uint8 images on the device) for each slice of `order`, in order: the training view
+        when `training`, else the evaluation view. Sources that read from disk (and selections or
+        concatenations holding one) prefetch the next batch."""
+        read = self.training_images if training else self.images
         if self.reads_disk:
-            yield from prefetched(self.images, order, batch_size)
+            yield from prefetched(read, order, batch_size)
             return
         for rows in order.split(batch_size):
-            yield rows, self.images(rows)
+            yield rows, read(rows)
 
 
 def prefetched(read: Callable[[torch.Tensor], torch.Tensor], order: torch.Tensor, batch_size: int) -> Batches:
@@ -74,7 +89,7 @@ class TensorSource(BatchSource):
 
 
 class FolderSource(BatchSource):
-    """Decodes the images of a folder data set per batch (when it has no decoded cache)."""
+    """Decodes the images of a folder data set per batch (when it keeps no cache)."""
 
     reads_disk = True
 
@@ -85,6 +100,52 @@ class FolderSource(BatchSource):
     def images(self, indices: torch.Tensor) -> torch.Tensor:
         batch = self.image_set.read(indices.cpu().numpy())
         return to_chw_tensor(batch, self.device)
+
+    def training_images(self, indices: torch.Tensor) -> Images:
+        if getattr(self.image_set, "stored_as", None) != "jpeg":  # trained on the evaluation view
+            return self.images(indices)
+        return [whole_image_tensor(image, self.device) for image in self.image_set.read_whole(indices.cpu().numpy())]
+
+
+class StoreSource(BatchSource):
+    """A folder data set kept whole as JPEG (data/jpeg_store.py): training batches are the decoded
+    whole images (on CUDA decoded by nvJPEG on the device; on a CPU by a thread pool), the evaluation
+    view their centre crops."""
+
+    reads_disk = True
+
+    def __init__(self, store, labels: np.ndarray, crop: int, device: torch.device) -> None:
+        if len(store) != len(labels):
+            raise ValueError(f"{len(store)} stored images but {len(labels)} labels")
+        self.labels = torch.as_tensor(labels, dtype=torch.long, device=device)
+        self.store, self.crop, self.device = store, crop, self.labels.device  # resolved device: see CachedSource
+
+    def images(self, indices: torch.Tensor) -> torch.Tensor:
+        crops = self.store.centre_crops(indices.cpu().numpy(), self.crop)
+        host = torch.from_numpy(crops)
+        if pins_memory(self.device):
+            host = host.pin_memory()
+        return host.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+
+    def training_images(self, indices: torch.Tensor) -> Images:
+        rows = indices.cpu().numpy()
+        if self.device.type == "cuda":
+            return decode_on_device(self.store.encoded(rows), self.device)
+        return [whole_image_tensor(image, self.device) for image in self.store.decode(rows)]
+
+
+def whole_image_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 [h, w, 3] numpy -> uint8 [3, h, w] on `device` (a view in channels-last memory)."""
+    return torch.from_numpy(image).to(device, non_blocking=True).permute(2, 0, 1)
+
+
+def decode_on_device(encoded: Sequence, device: torch.device) -> list[torch.Tensor]:
+    """JPEG bytes -> uint8 [3, h, w] tensors decoded on the GPU (nvJPEG, batched by torchvision)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    data = [torch.frombuffer(bytearray(blob), dtype=torch.uint8) for blob in encoded]
+    with torch.cuda.device(device):  # the reader thread's current device is always 0
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
 
 
 class CachedSource(BatchSource):
@@ -133,14 +194,26 @@ class ConcatSource(BatchSource):
         self.reads_disk = any(p.reads_disk for p in self.parts)
 
     def images(self, indices: torch.Tensor) -> torch.Tensor:
+        pieces, order = self._pieces(indices, "images")
+        return take_rows(torch.cat(pieces), torch.argsort(torch.cat(order)))
+
+    def training_images(self, indices: torch.Tensor) -> Images:
+        pieces, order = self._pieces(indices, "training_images")
+        if all(isinstance(piece, torch.Tensor) for piece in pieces):
+            return take_rows(torch.cat(pieces), torch.argsort(torch.cat(order)))
+        # Whole images of differing sizes beside fixed-size ones (the exemplars): one list.
+        images = [image for piece in pieces for image in (piece.unbind(0) if isinstance(piece, torch.Tensor) else piece)]
+        return [images[i] for i in torch.argsort(torch.cat(order)).tolist()]
+
+    def _pieces(self, indices: torch.Tensor, view: str) -> tuple[list[Images], list[torch.Tensor]]:
+        """Each part's `view` of its rows among `indices`, and where those rows sit in `indices`."""
         pieces, order = [], []
         for part, start, end in zip(self.parts, self.starts[:-1], self.starts[1:]):
             mask = (indices >= int(start)) & (indices < int(end))
             if mask.any():
-                pieces.append(part.images(indices[mask] - int(start)))
+                pieces.append(getattr(part, view)(indices[mask] - int(start)))
                 order.append(mask.nonzero().flatten())
-        batch = torch.cat(pieces)
-        return take_rows(batch, torch.argsort(torch.cat(order)))
+        return pieces, order
 
 
 def take_rows(tensor: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
@@ -157,11 +230,14 @@ def to_chw_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def source_of(image_set: ImageSet, device: torch.device) -> BatchSource:
-    """The whole image set on the device when it is in memory, else read from its decoded cache
-    (built on first use), else decoded per batch."""
+    """The whole image set on the device when it is in memory, else read from its JPEG store or its
+    decoded cache (built on first use), else decoded per batch."""
     if image_set.in_memory:
         labels = torch.as_tensor(image_set.labels, dtype=torch.long, device=device)
         return TensorSource(to_chw_tensor(image_set.images, device), labels)
+    store = image_set.training_store()
+    if store is not None:
+        return StoreSource(store, image_set.labels, image_set.image_shape[0], device)
     cached = image_set.cached_images()
     if cached is not None:
         return CachedSource(cached, image_set.labels, device)
@@ -185,8 +261,14 @@ class _IndexedSource(BatchSource):
         self.host_indices = indices.cpu() if source.reads_disk else indices
 
     def images(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.source.images(self._mapped(indices))
+
+    def training_images(self, indices: torch.Tensor) -> Images:
+        return self.source.training_images(self._mapped(indices))
+
+    def _mapped(self, indices: torch.Tensor) -> torch.Tensor:
         mapping = self.host_indices if indices.device.type == "cpu" else self.indices
-        return self.source.images(mapping[indices])
+        return mapping[indices]
 
 
 def concat(sources: Sequence[BatchSource]) -> BatchSource:

@@ -20,7 +20,7 @@ from methods.networks import IncrementalNet
 from methods.storage import check_storage
 
 from benchmark.train.augmentation import Augmentation
-from benchmark.train.batches import BatchSource, TensorSource, concat, select
+from benchmark.train.batches import BatchSource, Images, TensorSource, concat, select
 from benchmark.train.evaluation import Accuracy, accuracy, class_means, extract, nme_predict
 from benchmark.config.precision import precision_problem
 from benchmark.config import experiment, profile
@@ -303,7 +303,8 @@ class Engine:
         """The summed loss of one epoch; one host sync at its end (the float), none per step."""
         order = torch.randperm(len(source), generator=self.generator, device=self.device)
         total = torch.zeros((), device=self.device)
-        for rows, images in source.batches(order, batch_size):
+        # Without augmentation a step trains on the evaluation view (a fixed-size batch to normalize).
+        for rows, images in source.batches(order, batch_size, training=self.settings.augment):
             x, labels = self.augment(images), source.labels[rows]
             # bf16 covers the backbones; the heads (IncrementalNet.forward) and so the losses stay fp32.
             with step_autocast(self.settings.precision, self.device):
@@ -314,7 +315,7 @@ class Engine:
             total += loss.detach().float() * len(rows)
         return float(total)
 
-    def augment(self, images: torch.Tensor) -> torch.Tensor:
+    def augment(self, images: Images) -> torch.Tensor:
         augmentation = self.data.augmentation
         return augmentation.train(images, self.generator) if self.settings.augment else augmentation.normalize(images)
 
