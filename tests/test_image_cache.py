@@ -280,10 +280,15 @@ def test_cuda_reads_go_through_pinned_memory(image_paths, tmp_path, pin_requests
 def test_io_speed_runs_and_checks_its_arguments(tmp_path, capsys):
     from benchmark.tools import io_speed
 
-    io_speed.main(["--images", "5", "--batch-size", "2", "--size", "240x230", "--workdir", str(tmp_path)])
+    io_speed.main(["--images", "5", "--batch-size", "2", "--size", "240x230", "--workdir", str(tmp_path),
+                   "--json", str(tmp_path / "speed.json")])
     out = capsys.readouterr().out
-    assert "5 JPEGs of 240x230" in out and "decode per batch (PIL)" in out and "cache reads" in out
+    assert "5 synthetic JPEGs of 240x230" in out and "jpeg-q90" in out and "raw-crops" in out and "dali" in out
     assert len(list((tmp_path / "train").rglob("*.JPEG"))) == 5 and len(list((tmp_path / "cache").glob("*.npy"))) == 1
+    assert len(list((tmp_path / "cache").glob("*.jpegs"))) == 2  # quality 90 and 95
+    result = json.loads((tmp_path / "speed.json").read_text())
+    assert sorted(result["candidates"])[:5] == ["jpeg-q90", "jpeg-q95", "pil", "raw-256", "raw-crops"]
+    assert result["candidates"]["raw-crops"]["bytes_per_image"] == 224 * 224 * 3
     with pytest.raises(SystemExit):
         io_speed.main(["--size", "100x100"])
     assert "expected WIDTHxHEIGHT with both at least 224" in capsys.readouterr().err
