@@ -134,6 +134,9 @@ class ImageNetAugmentation:
 
     def train(self, images: Images, generator: torch.Generator) -> torch.Tensor:
         """Whole uint8 images (a list of [3, h, w], or [N, 3, H, W]) -> normalized float32 [N, 3, size, size]."""
+        if len(images) and images[0].device != generator.device:
+            raise ValueError(f"images on {images[0].device} but the generator on {generator.device}: "
+                             "draw from a generator on the images' device (torch.Generator(device))")
         parameters = crop_parameters(image_sizes(images, generator.device), generator,
                                      self.scale, self.ratio, self.brightness)
         return self.apply(images, parameters)
@@ -147,15 +150,17 @@ class ImageNetAugmentation:
 
 
 def image_sizes(images: Images, device: torch.device) -> torch.Tensor:
-    """int64 [N, 2] (height, width) of each image, on `device`: shapes are known on the host, so this
-    is one small host-to-device copy, no sync."""
+    """int64 [N, 2] (height, width) of each image, on `device`: the shapes are known on the host, so
+    this is at most one small queued host-to-device copy, no sync."""
     if isinstance(images, torch.Tensor):
         if images.dim() != 4:
             raise ValueError(f"expected a uint8 batch [N, 3, H, W] or a list of [3, h, w] images, got shape {tuple(images.shape)}")
-        sizes = [tuple(images.shape[-2:])] * len(images)
-    else:
-        sizes = [tuple(image.shape[-2:]) for image in images]
-    return torch.tensor(sizes, dtype=torch.long).view(-1, 2).to(device, non_blocking=True)
+        n, height, width = len(images), images.shape[-2], images.shape[-1]
+        return torch.stack([torch.full((n,), height, device=device), torch.full((n,), width, device=device)], dim=1)
+    sizes = torch.tensor([tuple(image.shape[-2:]) for image in images], dtype=torch.long).view(-1, 2)
+    if device.type == "cuda":  # from pinned memory the copy is queued; from pageable memory it blocks
+        sizes = sizes.pin_memory()
+    return sizes.to(device, non_blocking=True)
 
 
 def crop_parameters(sizes: torch.Tensor, generator: torch.Generator, scale: tuple[float, float] = (0.08, 1.0),
