@@ -5,7 +5,8 @@
 Times ImageNetAugmentation's whole train step (parameter draw, RandomResizedCrop to 224, flip,
 normalize) on a batch of whole images as the training store hands them out (a list of uint8
 [3, h, w] views of [h, w, 3] arrays), once for 256x341 images (an ImageNet photo with its shorter side
-at 256) and once for 224x224 images (replayed exemplars), with each resize candidate:
+at 256), for 224x224 images (replayed exemplars) and for landscape and portrait photos mixed, with
+each resize candidate:
   - per_image_uint8: one F.interpolate per image on its uint8 crop (PyTorch's native uint8 path),
                      then float: what train() does on a CPU (torchvision's own pixels);
   - per_image_float: the same on the float crop (no rounding; torchvision resizes uint8
@@ -28,7 +29,9 @@ from benchmark.train.augmentation import (CropParameters, ImageNetAugmentation, 
                                           resized_crops_per_image)
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-SHAPES = ((256, 341), (224, 224))
+# Landscape photos; replayed exemplars; landscape and portrait photos alternating (the batched resize
+# pads them all to 341x341).
+SHAPES = {"256x341": [(256, 341)], "224x224": [(224, 224)], "256x341+341x256": [(256, 341), (341, 256)]}
 
 
 def per_image_float(images, p: CropParameters, size: int) -> torch.Tensor:
@@ -59,14 +62,19 @@ CANDIDATES: dict[str, Callable] = {"per_image_uint8": per_image_uint8, "per_imag
                                    "batched": resized_crops_batched, "roi_align": roi_align}
 
 
-def whole_images(count: int, shape: tuple[int, int], device: torch.device) -> list[torch.Tensor]:
-    """`count` uint8 images [3, h, w], each a view of an [h, w, 3] array as the store gives them: smooth
-    random colour fields plus grain (pure noise would exaggerate how much two resize filters differ)."""
+def whole_images(count: int, shapes: list[tuple[int, int]], device: torch.device) -> list[torch.Tensor]:
+    """`count` uint8 images [3, h, w] of `shapes` in turn, each a view of an [h, w, 3] array as the
+    store gives them: smooth random colour fields plus grain (pure noise would exaggerate how much
+    two resize filters differ)."""
     generator = torch.Generator().manual_seed(0)
-    coarse = torch.rand(count, 3, shape[0] // 16, shape[1] // 16, generator=generator) * 255
-    smooth = torch.nn.functional.interpolate(coarse, size=shape, mode="bicubic", align_corners=False)
-    pixels = (smooth + torch.randn(smooth.shape, generator=generator) * 12).clamp(0, 255).round().to(torch.uint8)
-    return [image.permute(1, 2, 0).contiguous().to(device).permute(2, 0, 1) for image in pixels]
+    images = []
+    for k in range(count):
+        height, width = shapes[k % len(shapes)]
+        coarse = torch.rand(1, 3, height // 16, width // 16, generator=generator) * 255
+        smooth = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)[0]
+        pixels = (smooth + torch.randn(smooth.shape, generator=generator) * 12).clamp(0, 255).round().to(torch.uint8)
+        images.append(pixels.permute(1, 2, 0).contiguous().to(device).permute(2, 0, 1))
+    return images
 
 
 def best_ms(action: Callable[[], object], repeats: int, device: torch.device) -> float:
@@ -106,8 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     augmentation = ImageNetAugmentation.for_dataset("imagenet100", IMAGENET_MEAN, IMAGENET_STD)
     print(f"ImageNetAugmentation.train, batch {args.batch}, {device}, {torch.get_num_threads()} threads, "
           f"best of {args.repeats} (ms per batch; max |difference| from the first row on the 0..255 scale)")
-    for shape in SHAPES:
-        images = whole_images(args.batch, shape, device)
+    for label, shapes in SHAPES.items():
+        images = whole_images(args.batch, shapes, device)
         reference, first = None, None
         for name, resize in CANDIDATES.items():
             if name == "per_image_uint8" and device.type != "cpu":
@@ -118,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
             if reference is None:
                 reference, first = out, (name, ms)
             difference = ((out - reference) * torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255).abs().max()
-            print(f"  {shape[0]}x{shape[1]}  {name:16s} {ms:8.1f} ms  "
+            print(f"  {label:16s} {name:16s} {ms:8.1f} ms  "
                   f"({ms / first[1]:.2f}x {first[0]})  max diff {float(difference):.3f}")
 
 

@@ -1,8 +1,11 @@
 """Batch-wise augmentation and normalization, on the batch's device, with the run's generator.
 
 `Augmentation` is the CIFAR recipe (pad-4 random crop, flip, brightness jitter; docs/protocol.md
-section 5). Every augmentation has the same two entry points, which the engine calls:
-`train(images, generator)` for a training batch and `normalize(images)` for evaluation and herding.
+section 5); `ImageNetAugmentation` the ImageNet one (RandomResizedCrop(224), flip, and for
+ImageNet-1000 brightness jitter) on whole images of differing sizes. Every augmentation has the same
+two entry points, which the engine calls: `train(images, generator)` for a training batch and
+`normalize(images)` for evaluation and herding. Randomness comes only from the generator passed in,
+which lives on the batch's device, so a run is reproducible and resumable.
 """
 from __future__ import annotations
 
@@ -78,12 +81,18 @@ def crop_and_flip(images: torch.Tensor, padding: int, dy: torch.Tensor, dx: torc
     return padded.gather(2, index.expand(n, c, h * w)).view(n, c, h, w)
 
 
-
 # -- ImageNet: RandomResizedCrop(224) + flip (+ brightness for ImageNet-1000) -------------------------
 
 # PyCIL utils/data.py (commit 87cc411): iImageNet100.train_trsf = [RandomResizedCrop(224),
 # RandomHorizontalFlip()], iImageNet1000 adds ColorJitter(brightness=63/255) after the flip; both
 # then ToTensor + Normalize. The MEMO authors' copy (wangkiw/ICLR23-MEMO utils/data.py) is the same.
+# Where this differs from that reference, on purpose:
+#   - the crop is cut from the stored image (shorter side 256), not the full-resolution original:
+#     the same box distribution relative to the image, but a crop smaller than 224 is upsampled;
+#   - an exemplar is kept as its 224x224 centre crop (the evaluation view) and replayed through
+#     RandomResizedCrop of that crop;
+#   - brightness scales the float resize, not a uint8 PIL image (no second rounding); on an
+#     accelerator the resize is not rounded to uint8 either (within one level of torchvision's).
 IMAGENET_BRIGHTNESS = {"imagenet100": 0.0, "imagenet1000": 63 / 255}
 CROP_ATTEMPTS = 10  # torchvision RandomResizedCrop.get_params: tries before the centre-crop fallback
 
