@@ -2,18 +2,15 @@
 distribution of RandomResizedCrop.get_params, determinism, and the input and output forms."""
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms.v2 import functional as TF
 
-from benchmark.train.augmentation import (CropParameters, ImageNetAugmentation, crop_parameters, image_sizes,
+from benchmark.train.augmentation import (CropParameters, ImageNetAugmentation, crop_parameters,
                                           resized_crops_batched)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-CPU = torch.device("cpu")
 
 
 def smooth_image(height: int, width: int, seed: int) -> torch.Tensor:
