@@ -112,7 +112,7 @@ def test_fallback_is_torchvisions_centre_crop():
 
 
 def test_same_seed_same_batch_other_seed_other_batch():
-    augmentation = ImageNetAugmentation.for_dataset("imagenet100", MEAN, STD)
+    augmentation = ImageNetAugmentation.for_recipe("resized_crop_flip", MEAN, STD)
     images = [smooth_image(64, 85, 4), smooth_image(224, 224, 5)]
     first = augmentation.train(images, torch.Generator().manual_seed(3))
     assert torch.equal(first, augmentation.train(images, torch.Generator().manual_seed(3)))
@@ -120,7 +120,7 @@ def test_same_seed_same_batch_other_seed_other_batch():
 
 
 def test_ragged_list_and_batch_tensor_give_channels_last_float_batches():
-    augmentation = ImageNetAugmentation.for_dataset("imagenet100", MEAN, STD)
+    augmentation = ImageNetAugmentation.for_recipe("resized_crop_flip", MEAN, STD)
     ragged = [smooth_image(60, 80, 6), smooth_image(224, 224, 7), smooth_image(90, 50, 8)]
     out = augmentation.train(ragged, torch.Generator().manual_seed(0))
     assert out.shape == (3, 3, 224, 224) and out.dtype == torch.float32
@@ -131,10 +131,10 @@ def test_ragged_list_and_batch_tensor_give_channels_last_float_batches():
 
 
 def test_recipes():
-    assert ImageNetAugmentation.for_dataset("imagenet100", MEAN, STD).brightness == 0.0
-    assert ImageNetAugmentation.for_dataset("imagenet1000", MEAN, STD).brightness == 63 / 255
-    with pytest.raises(ValueError, match="cifar100"):
-        ImageNetAugmentation.for_dataset("cifar100", MEAN, STD)
+    assert ImageNetAugmentation.for_recipe("resized_crop_flip", MEAN, STD).brightness == 0.0
+    assert ImageNetAugmentation.for_recipe("resized_crop_flip_brightness", MEAN, STD).brightness == 63 / 255
+    with pytest.raises(ValueError, match="pad_crop_flip_brightness"):
+        ImageNetAugmentation.for_recipe("pad_crop_flip_brightness", MEAN, STD)
 
 
 def test_brightness_only_in_the_imagenet1000_recipe():
@@ -147,8 +147,8 @@ def test_brightness_only_in_the_imagenet1000_recipe():
     assert 1 - 63 / 255 <= float(jittered.factor.min()) < 1 - 0.24
     assert 1 + 0.24 < float(jittered.factor.max()) <= 1 + 63 / 255
     images = [smooth_image(64, 85, 9)]
-    without = ImageNetAugmentation.for_dataset("imagenet100", MEAN, STD).train(images, torch.Generator().manual_seed(1))
-    jitter = ImageNetAugmentation.for_dataset("imagenet1000", MEAN, STD)
+    without = ImageNetAugmentation.for_recipe("resized_crop_flip", MEAN, STD).train(images, torch.Generator().manual_seed(1))
+    jitter = ImageNetAugmentation.for_recipe("resized_crop_flip_brightness", MEAN, STD)
     with_ = jitter.train(images, torch.Generator().manual_seed(1))
     assert not torch.equal(without, with_)
     # The same pixels scaled by the drawn factor and clamped to [0, 1], as adjust_brightness does.
@@ -160,7 +160,7 @@ def test_brightness_only_in_the_imagenet1000_recipe():
 
 def test_normalize_is_the_evaluation_path():
     images = torch.full((2, 3, 224, 224), 255, dtype=torch.uint8)
-    out = ImageNetAugmentation.for_dataset("imagenet100", MEAN, STD).normalize(images)
+    out = ImageNetAugmentation.for_recipe("resized_crop_flip", MEAN, STD).normalize(images)
     assert out.shape == (2, 3, 224, 224) and out.is_contiguous(memory_format=torch.channels_last)
     assert out[0, :, 0, 0].tolist() == pytest.approx([2.2489083, 2.4285715, 2.64], abs=1e-6)
 

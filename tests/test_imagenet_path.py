@@ -1,6 +1,6 @@
-"""The folder (ImageNet-style) data path through the engine: batches read from the decoded uint8 cache
-(built on first use under the data folder), exemplars stored as 224x224 uint8 images and charged
-150,528 bytes each."""
+"""The folder (ImageNet-style) data path through the engine: training batches read whole from the JPEG
+store and test batches from the decoded uint8 cache (both built on first use under the data folder),
+exemplars stored as 224x224 uint8 images and charged 150,528 bytes each."""
 import warnings
 
 import numpy as np
@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmark.train.augmentation import Augmentation
-from benchmark.train.batches import CachedSource, ConcatSource, source_of
+from benchmark.train.augmentation import augmentation_for
+from benchmark.train.batches import CachedSource, ConcatSource, StoreSource, source_of
 from benchmark.data import load_dataset
 from benchmark.data.image_cache import CACHE_ENV
 from benchmark.train.engine import Engine, EngineSettings, RunData
@@ -40,10 +40,10 @@ def test_replay_runs_on_folder_data_and_charges_imagenet_bytes(tiny_imagenet):
     device = torch.device("cpu")
     spec = tiny_imagenet.spec
     data = RunData(source_of(tiny_imagenet.train, device), source_of(tiny_imagenet.test, device), [0, 2, 3],
-                   spec.image_shape, Augmentation(spec.mean, spec.std))
-    assert isinstance(data.train, CachedSource) and isinstance(data.test, CachedSource)
-    cache = sorted(p.name.split("-")[0] + p.suffix for p in (tiny_imagenet.train.cache_dir).glob("*.npy"))
-    assert tiny_imagenet.train.cache_dir.parts[-2:] == ("imagenet100", ".cache") and cache == ["train.npy", "val.npy"]
+                   spec.image_shape, augmentation_for(spec))
+    assert isinstance(data.train, StoreSource) and isinstance(data.test, CachedSource)
+    cache = sorted(p.name.split("-")[0] + p.suffix for p in tiny_imagenet.train.cache_dir.glob("*.[jn]p[ey]*"))
+    assert tiny_imagenet.train.cache_dir.parts[-2:] == ("imagenet100", ".cache") and cache == ["train.jpegs", "val.npy"]
     schedule = Schedule(epochs=1, milestones=(), weight_decay=0.0, batch_size=4)
     torch.manual_seed(0)
     method = METHODS.get("replay")("resnet8_half")

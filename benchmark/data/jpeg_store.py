@@ -29,7 +29,7 @@ import numpy as np
 
 from benchmark.files import atomic_path, stable_hash, write_json_atomic
 
-from .errors import DataError
+from .imageset import decode_resized
 from .image_cache import (NOT_BUILT, Log, check_room, disk_full_names_the_fix, file_facts, manifest_mismatch,
                           open_cache, ordered_map, read_manifest, start_build)
 
@@ -50,19 +50,9 @@ def store_key(paths: Sequence[str], side: int, quality: int) -> str:
 
 
 def resized_rgb(path: str, side: int) -> np.ndarray:
-    """uint8 [h, w, 3] RGB with the shorter side exactly `side` (bilinear): torchvision Resize(side) on a
-    PIL image, the same arithmetic as imageset.decode_center_crop, so a centre crop of it is that view."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-    except (OSError, ValueError) as err:
-        raise DataError(f"cannot decode image {path}: {err}") from err
-    width, height = img.size
-    new_long = int(side * max(width, height) / min(width, height))  # truncation, as torchvision does
-    size = (side, new_long) if width <= height else (new_long, side)
-    return np.asarray(img.resize(size, Image.BILINEAR), dtype=np.uint8)
+    """uint8 [h, w, 3] RGB with the shorter side exactly `side`: torchvision Resize(side) on a PIL image,
+    so a centre crop of it is the evaluation view (imageset.decode_center_crop)."""
+    return decode_resized(path, side)
 
 
 def encode(image: np.ndarray, quality: int) -> bytes:

@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    augmentation = ImageNetAugmentation.for_dataset("imagenet100", IMAGENET_MEAN, IMAGENET_STD)
+    augmentation = ImageNetAugmentation.for_recipe("resized_crop_flip", IMAGENET_MEAN, IMAGENET_STD)
     print(f"ImageNetAugmentation.train, batch {args.batch}, {device}, {torch.get_num_threads()} threads, "
           f"best of {args.repeats} (ms per batch; max |difference| from the first row on the 0..255 scale)")
     for label, shapes in SHAPES.items():

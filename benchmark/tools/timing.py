@@ -25,7 +25,7 @@ from budgets.planner import ANCHOR_EXEMPLARS
 from methods import METHODS, Method
 from methods.backbones import build_backbone
 
-from benchmark.train.augmentation import Augmentation
+from benchmark.train.augmentation import augmentation_for
 from benchmark.train.batches import TensorSource, select
 from benchmark.config.experiment import parse_experiment
 from benchmark.config.profile import Schedule
@@ -189,7 +189,7 @@ def synthetic_data(device: torch.device, scenario: str = "B0Inc10", per_class: i
     source = TensorSource(images.to(device), labels.to(device))
     sizes = Scenario.parse(scenario).task_sizes(spec.num_classes)
     bounds = [0, *torch.tensor(sizes).cumsum(0).tolist()]
-    return RunData(source, source, bounds, spec.image_shape, Augmentation(spec.mean, spec.std, channels_last=True))
+    return RunData(source, source, bounds, spec.image_shape, augmentation_for(spec, channels_last=True))
 
 
 # -- peaks and FLOPs --------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ from functools import lru_cache
 
 import torch
 
+from benchmark.data.specs import DatasetSpec
+
 
 @dataclass(frozen=True)
 class Augmentation:
@@ -93,7 +95,8 @@ def crop_and_flip(images: torch.Tensor, padding: int, dy: torch.Tensor, dx: torc
 #     RandomResizedCrop of that crop;
 #   - brightness scales the float resize, not a uint8 PIL image (no second rounding); on an
 #     accelerator the resize is not rounded to uint8 either (within one level of torchvision's).
-IMAGENET_BRIGHTNESS = {"imagenet100": 0.0, "imagenet1000": 63 / 255}
+# The data sets' recipes (DatasetSpec.augmentation) that crop whole images, and their brightness jitter.
+IMAGENET_BRIGHTNESS = {"resized_crop_flip": 0.0, "resized_crop_flip_brightness": 63 / 255}
 CROP_ATTEMPTS = 10  # torchvision RandomResizedCrop.get_params: tries before the centre-crop fallback
 
 Images = torch.Tensor | list[torch.Tensor]  # uint8 [N, 3, H, W], or a list of uint8 [3, h_i, w_i]
@@ -128,14 +131,14 @@ class ImageNetAugmentation:
     channels_last: bool = True
 
     @classmethod
-    def for_dataset(cls, name: str, mean: tuple[float, float, float], std: tuple[float, float, float],
-                    channels_last: bool = True) -> "ImageNetAugmentation":
-        """The recipe PyCIL trains `name` with ("imagenet100": no brightness jitter; "imagenet1000":
-        brightness 63/255)."""
-        if name not in IMAGENET_BRIGHTNESS:
-            raise ValueError(f"no ImageNet augmentation recipe for {name!r}: "
+    def for_recipe(cls, recipe: str, mean: tuple[float, float, float], std: tuple[float, float, float],
+                   size: int = 224, channels_last: bool = True) -> "ImageNetAugmentation":
+        """The recipe PyCIL trains ImageNet with ("resized_crop_flip": ImageNet-100's;
+        "resized_crop_flip_brightness": ImageNet-1000's, brightness 63/255), cropping to `size`."""
+        if recipe not in IMAGENET_BRIGHTNESS:
+            raise ValueError(f"no ImageNet augmentation recipe {recipe!r}: "
                              f"use one of {sorted(IMAGENET_BRIGHTNESS)}, or build ImageNetAugmentation(...) directly")
-        return cls(mean, std, brightness=IMAGENET_BRIGHTNESS[name], channels_last=channels_last)
+        return cls(mean, std, brightness=IMAGENET_BRIGHTNESS[recipe], size=size, channels_last=channels_last)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [N, C, size, size] -> normalized float32, no augmentation (evaluation, herding)."""
@@ -286,3 +289,11 @@ def resize_weights(start: torch.Tensor, length: torch.Tensor, extent: int, size:
     weight = (1 - ((x + 0.5 - centre) / stretch).abs()).clamp_(min=0)
     weight = weight * ((x >= 0) & (x < length[:, None, None]))
     return weight / weight.sum(dim=2, keepdim=True)
+
+
+def augmentation_for(spec: DatasetSpec, channels_last: bool = True) -> Augmentation | ImageNetAugmentation:
+    """The training augmentation a data set's spec names (DatasetSpec.augmentation)."""
+    if spec.augmentation == "pad_crop_flip_brightness":
+        return Augmentation(spec.mean, spec.std, channels_last=channels_last)
+    return ImageNetAugmentation.for_recipe(spec.augmentation, spec.mean, spec.std, size=spec.image_shape[0],
+                                           channels_last=channels_last)

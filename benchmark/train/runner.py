@@ -21,7 +21,7 @@ from methods import METHODS
 
 from benchmark.records import metrics, space
 from benchmark.train import checkpoints
-from benchmark.train.augmentation import Augmentation
+from benchmark.train.augmentation import augmentation_for
 from benchmark.train.batches import source_of
 from benchmark.data import DATASETS, Scenario, class_order, incremental_labels, load_dataset, per_class_subset
 from benchmark.train.engine import Engine, EngineSettings, RunData, TaskResult
@@ -57,7 +57,7 @@ def prepare_data(run: Run, data_root: Path, device: torch.device) -> RunData:
     mapping = incremental_labels(class_order(spec.num_classes, run.seed))
     train, test = train.relabel(mapping), test.relabel(mapping)
     bounds = [0, *np.cumsum(Scenario.parse(run.scenario).task_sizes(spec.num_classes)).tolist()]
-    augmentation = Augmentation(spec.mean, spec.std, channels_last=True)
+    augmentation = augmentation_for(spec, channels_last=True)
     return RunData(source_of(train, device), source_of(test, device), bounds, spec.image_shape, augmentation)
 
 
@@ -70,6 +70,7 @@ def first_task_identity(run: Run) -> dict[str, Any]:
                 DATASETS[run.dataset].num_classes)[0],
             "class_order_seed": run.seed, "network_seed": run.network_seed, "backbone": run.backbone,
             "schedule": t["first_task"], "images_per_class": t["images_per_class"], "augment": t["augment"],
+            **({"augmentation": t["augmentation"]} if "augmentation" in t else {}),  # not CIFAR's recipe
             "precision": t["precision"], "device_type": run.device_type, "revision": t["revision"],
             **({"cpu_threads": t["cpu_threads"]} if "cpu_threads" in t else {})}
 
