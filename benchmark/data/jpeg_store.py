@@ -29,7 +29,7 @@ import numpy as np
 
 from benchmark.files import atomic_path, stable_hash, write_json_atomic
 
-from .imageset import decode_resized
+from .decode import decode_resized
 from .image_cache import (NOT_BUILT, Log, check_room, disk_full_names_the_fix, file_facts, manifest_mismatch,
                           open_cache, ordered_map, read_manifest, start_build)
 

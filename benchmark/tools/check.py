@@ -14,10 +14,13 @@ idle cores):
    `--runs-per-gpu` (packing.py);
 5. the projected hours of the paper's CIFAR-100 B0Inc10 curve grid, or of the grid of --project
    EXPERIMENT.yaml (e.g. the ImageNet-1000 one), measured on that grid's own image size; its table of
-   step times goes into the --json report, for `python -m benchmark.tools.projection` (projection.py).
+   step times goes into the --json report, for `python -m benchmark.tools.projection` (projection.py);
+6. the ImageNet data path on the device: the JPEG store decoded there (nvJPEG on CUDA) and
+   RandomResizedCrop batched there, both against the CPU's pixels, and their images/s
+   (check_imagenet.py).
 Each section prints PASS or FAIL; the exit code is 1 when any failed, 2 for a bad request.
 Sections 1-2 check correctness and run while section 3's grid trains in a subprocess; sections 4
-and 5 time things, so in a full check they wait until it is done (with --quick, whose timings are
+to 6 time things, so in a full check they wait until it is done (with --quick, whose timings are
 only a smoke test, everything overlaps).
 """
 from __future__ import annotations
@@ -29,7 +32,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -57,10 +60,11 @@ class Sizes:
     projection_steps: int
     forward_images: int        # images of the no-grad forward timing
     last_task: bool            # time DER/MEMO at the last task too (else extrapolate from tasks 0, 1)
+    imagenet_images: int       # section 6's synthetic JPEG store
 
 
-FULL = Sizes("resnet32", 128, 10, "resnet32", (1, 2, 4), 15.0, 128, 10, 128, 10, 50, 2000, True)
-QUICK = Sizes("resnet8_half", 16, 2, "resnet8_half", (1, 2), 2.0, 32, 1, 8, 1, 1, 16, False)
+FULL = Sizes("resnet32", 128, 10, "resnet32", (1, 2, 4), 15.0, 128, 10, 128, 10, 50, 2000, True, 2048)
+QUICK = Sizes("resnet8_half", 16, 2, "resnet8_half", (1, 2), 2.0, 32, 1, 8, 1, 1, 16, False, 48)
 
 
 # -- sections 1, 2, 4, 5 (3 is check_grid.section_grid) --------------------------------------------
@@ -159,11 +163,13 @@ def projection_section(section: Section, device: torch.device, sizes: Sizes, pac
 def check(device: torch.device, quick: bool, data_root: Path, log: Callable[[str], None] = print,
           project: Path = PAPER_GRID) -> list[Section]:
     from benchmark.tools.check_grid import section_grid
+    from benchmark.tools.check_imagenet import imagenet_path_section
 
     sizes = QUICK if quick else FULL
     sections = {n: Section(n, title) for n, title in enumerate(
         ["training steps on the device", "CPU-vs-device parity", "a small grid through run_all.py, then resumed",
-         "packing throughput", "projected hours of the paper grid"], start=1)}
+         "packing throughput", "projected hours of the paper grid", "the ImageNet data path on the device"],
+        start=1)}
 
     def done(section: Section) -> None:
         log(section.text())
@@ -183,6 +189,7 @@ def check(device: torch.device, quick: bool, data_root: Path, log: Callable[[str
                 grid.join()
             done(run_section(sections[4], lambda s: packing_section(s, device, sizes)))
             done(run_section(sections[5], lambda s: projection_section(s, device, sizes, sections[4].data, project)))
+            done(run_section(sections[6], lambda s: imagenet_path_section(s, device, sizes.imagenet_images)))
         finally:
             grid.join()
     return list(sections.values())
