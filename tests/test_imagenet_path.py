@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from benchmark.train.augmentation import augmentation_for
-from benchmark.train.batches import CachedSource, ConcatSource, StoreSource, source_of
+from benchmark.train.batches import CachedSource, ConcatSource, StoreSource, TensorSource, source_of
 from benchmark.data import load_dataset
 from benchmark.data.image_cache import CACHE_ENV
 from benchmark.train.engine import Engine, EngineSettings, RunData
@@ -56,3 +56,41 @@ def test_replay_runs_on_folder_data_and_charges_imagenet_bytes(tiny_imagenet):
     # Task 1 trained on the new folder images plus the stored exemplars.
     assert isinstance(engine.training_set(data.task(1)), ConcatSource)
     assert len(results[-1].cnn.per_task) == 2
+
+
+def test_without_a_cache_training_reads_whole_images_and_evaluation_centre_crops(tiny_imagenet, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, "off")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dataset = load_dataset("imagenet100", tiny_imagenet.train.paths[0].rsplit("/imagenet100/", 1)[0])
+    source = source_of(dataset.train, torch.device("cpu"))
+    assert type(source).__name__ == "FolderSource"
+    rows = torch.arange(len(source))
+    whole = source.training_images(rows)
+    # The fixture's images are 230-299 pixels a side: each whole, its shorter side resized to 256.
+    assert isinstance(whole, list) and all(min(image.shape[1:]) == 256 and image.shape[0] == 3 for image in whole)
+    crops = source.images(rows)
+    assert crops.shape == (len(rows), 3, 224, 224)
+    # The evaluation view is the centre of the whole image (torchvision CenterCrop's rounding).
+    first = whole[0]
+    top, left = round((first.shape[1] - 224) / 2), round((first.shape[2] - 224) / 2)
+    assert torch.equal(crops[0], first[:, top:top + 224, left:left + 224])
+
+
+def test_the_store_serves_both_views_and_a_concatenation_mixes_them(tiny_imagenet):
+    device = torch.device("cpu")
+    train = source_of(tiny_imagenet.train, device)
+    assert isinstance(train, StoreSource)
+    rows = torch.tensor([3, 0, 5])
+    whole, crops = train.training_images(rows), train.images(rows)
+    assert [min(image.shape[1:]) for image in whole] == [256, 256, 256]
+    for image, crop in zip(whole, crops):
+        top, left = round((image.shape[1] - 224) / 2), round((image.shape[2] - 224) / 2)
+        assert torch.equal(crop, image[:, top:top + 224, left:left + 224])
+    exemplars = torch.zeros((2, 3, 224, 224), dtype=torch.uint8)
+    mixed = ConcatSource([train, TensorSource(exemplars, torch.tensor([7, 8]))])
+    batch = mixed.training_images(torch.tensor([len(train), 1, len(train) + 1]))
+    assert [tuple(image.shape) for image in batch][0] == (3, 224, 224) and min(batch[1].shape[1:]) == 256
+    assert torch.equal(batch[1], train.training_images(torch.tensor([1]))[0])
+    # Evaluation reads the same rows as one fixed-size batch.
+    assert mixed.images(torch.tensor([len(train), 1])).shape == (2, 3, 224, 224)

@@ -39,7 +39,7 @@ def centre_crop(image: np.ndarray, crop: int) -> np.ndarray:
 
 def decode_resized(path: str, resize: int = 256) -> np.ndarray:
     """RGB uint8 [H, W, 3] with the shorter side `resize`: what the training store keeps of an image."""
-    return np.asarray(resize_shorter_side(_open_rgb(path), resize), dtype=np.uint8)
+    return np.array(resize_shorter_side(_open_rgb(path), resize), dtype=np.uint8)  # writable: torch shares it
 
 
 def decode_center_crop(path: str, resize: int = 256, crop: int = 224) -> np.ndarray:
