@@ -21,6 +21,7 @@ from methods.exemplar_formats import ExemplarFormat
 from benchmark.files import stable_hash
 from benchmark.config.experiment import EXEMPLAR_FORMAT, MODEL_STORAGE, Experiment
 from benchmark.data import DATASETS, Scenario
+from benchmark.data.specs import CIFAR_AUGMENTATION
 from benchmark.data.encoded_size import EncodedSize, encoded_size, user_cache_dir
 from benchmark.config.precision import precision_problem
 from benchmark.config.profile import CPU_THREADS
@@ -117,9 +118,6 @@ TRAINING_REVISION = 2
 # select exemplars at random only (herding runs and methods without exemplars draw no class stream,
 # so their records stand). 2: class streams apart from task streams (train/engine.py stream_seed).
 RANDOM_SELECTION_REVISION = 2
-
-
-CIFAR_AUGMENTATION = "pad_crop_flip_brightness"
 
 
 def training_settings(experiment: Experiment, cell: CellPlan, scenario: str) -> dict[str, Any]:

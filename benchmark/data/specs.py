@@ -11,7 +11,8 @@ from dataclasses import dataclass
 LOADERS = ("cifar", "folders")
 # The reference training augmentations (docs/protocol.md section 5; train/augmentation.py builds them):
 # PyCIL's iCIFAR100, iImageNet100 and iImageNet1000 train_trsf.
-AUGMENTATIONS = ("pad_crop_flip_brightness", "resized_crop_flip", "resized_crop_flip_brightness")
+CIFAR_AUGMENTATION = "pad_crop_flip_brightness"  # the recipe every run trained with before ImageNet had its own
+AUGMENTATIONS = (CIFAR_AUGMENTATION, "resized_crop_flip", "resized_crop_flip_brightness")
 
 
 @dataclass(frozen=True)
@@ -71,9 +72,9 @@ DATASETS: dict[str, DatasetSpec] = {
     for spec in (
         # CIFAR: the official splits' counts, which the loader checks class by class.
         DatasetSpec("cifar100", 100, (32, 32, 3), (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761), 500, 100,
-                    title="CIFAR-100", loader="cifar", augmentation="pad_crop_flip_brightness"),
+                    title="CIFAR-100", loader="cifar", augmentation=CIFAR_AUGMENTATION),
         DatasetSpec("cifar10", 10, (32, 32, 3), (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), 5000, 1000,
-                    title="CIFAR-10", loader="cifar", augmentation="pad_crop_flip_brightness"),
+                    title="CIFAR-10", loader="cifar", augmentation=CIFAR_AUGMENTATION),
         # ImageNet-100 trains on RandomResizedCrop(224) of the whole image and is evaluated (and keeps
         # exemplars) as a 224x224 centre crop (see FolderImageSet); the 50 per class are ILSVRC-2012's
         # validation images, its test split here.

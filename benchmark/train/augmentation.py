@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import torch
 
-from benchmark.data.specs import DatasetSpec
+from benchmark.data.specs import CIFAR_AUGMENTATION, DatasetSpec
 
 
 @dataclass(frozen=True)
@@ -293,7 +293,7 @@ def resize_weights(start: torch.Tensor, length: torch.Tensor, extent: int, size:
 
 def augmentation_for(spec: DatasetSpec, channels_last: bool = True) -> Augmentation | ImageNetAugmentation:
     """The training augmentation a data set's spec names (DatasetSpec.augmentation)."""
-    if spec.augmentation == "pad_crop_flip_brightness":
+    if spec.augmentation == CIFAR_AUGMENTATION:
         return Augmentation(spec.mean, spec.std, channels_last=channels_last)
     return ImageNetAugmentation.for_recipe(spec.augmentation, spec.mean, spec.std, size=spec.image_shape[0],
                                            channels_last=channels_last)

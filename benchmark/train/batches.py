@@ -20,7 +20,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from benchmark.data import ImageSet
+from benchmark.data import FolderImageSet, ImageSet
 
 # A batch of images: uint8 [n, C, H, W], or (a training batch of whole folder images) a list of
 # uint8 [C, h_i, w_i] tensors.
@@ -89,11 +89,11 @@ class TensorSource(BatchSource):
 
 
 class FolderSource(BatchSource):
-    """Decodes the images of a folder data set per batch (when it keeps no cache)."""
+    """Decodes the images of a folder data set (a FolderImageSet) per batch, when it keeps no cache."""
 
     reads_disk = True
 
-    def __init__(self, image_set: ImageSet, device: torch.device) -> None:
+    def __init__(self, image_set: FolderImageSet, device: torch.device) -> None:
         self.image_set, self.device = image_set, device
         self.labels = torch.as_tensor(image_set.labels, dtype=torch.long, device=device)
 
@@ -102,7 +102,7 @@ class FolderSource(BatchSource):
         return to_chw_tensor(batch, self.device)
 
     def training_images(self, indices: torch.Tensor) -> Images:
-        if getattr(self.image_set, "stored_as", None) != "jpeg":  # trained on the evaluation view
+        if self.image_set.stored_as != "jpeg":  # a folder set kept as centre crops trains on them
             return self.images(indices)
         return [whole_image_tensor(image, self.device) for image in self.image_set.read_whole(indices.cpu().numpy())]
 
