@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from methods import METHODS, Task
+from methods import METHODS, Method, Task
 from methods.exemplar_formats import ExemplarFormat
 from methods.networks import build_network
 from methods.storage import check_storage, storage_applies
@@ -153,33 +153,46 @@ def stored_final_model(method: str, backbone: str, task_sizes: tuple[int, ...], 
                        options: tuple[tuple[str, object], ...]) -> tuple[int, int]:
     """(backbone parameters, bytes under `policy`) after the last task of `method` given `storage`.
 
-    The method itself is built on the meta device and its own hooks are replayed for every task
-    (before_task, after_task: what `Engine.replay` does when a run resumes), so exactly the modules
+    The method itself is built on the meta device and its own structural hooks are replayed for
+    every task (`Method.replay_task`: what `Engine.replay` does when a run resumes), so exactly the modules
     the run freezes are converted (methods/storage.py) and the teacher is the one it holds during
     the last task; nothing of which blocks freeze is restated here. `options` are the method's
     resolved options (MEMO's train_base decides whether the generalized block freezes)."""
     with torch.device("meta"):
-        kept = METHODS.get(method)(backbone, dict(options), model_storage=storage)
-        known = 0
-        for index, size in enumerate(task_sizes):
-            task = Task(index, known, known + size, len(task_sizes))
-            kept.before_task(task)
-            kept.after_task(task)
-            known += size
+        kept = replayed_method(method, backbone, task_sizes, storage, options)
     # The parameter count is the trained model's, whatever it is stored in (int8 scales are bytes, not parameters).
     traits = METHODS.get(method)
-    params = final_model(traits.growth, backbone, task_sizes, policy, traits.keeps_teacher)[0]
+    if traits.build_network is Method.build_network:
+        params = final_model(traits.growth, backbone, task_sizes, policy, traits.keeps_teacher)[0]
+    else:  # its own network: the parameters of the fp32 replay's backbones
+        with torch.device("meta"):
+            trained = kept if storage == "fp32" else replayed_method(method, backbone, task_sizes, "fp32", options)
+        params = module_params(trained.network.backbone_modules())
     return params, model_bytes(kept.network, policy, kept.teacher)
 
 
+def replayed_method(method: str, backbone: str, task_sizes: tuple[int, ...], storage: str,
+                    options: tuple[tuple[str, object], ...]):
+    """`method` after every task's structural hooks, built on the meta device (call under it)."""
+    kept = METHODS.get(method)(backbone, dict(options), model_storage=storage)
+    known = 0
+    for index, size in enumerate(task_sizes):
+        kept.replay_task(Task(index, known, known + size, len(task_sizes)))
+        known += size
+    return kept
+
+
 def method_model(method: str, backbone: str, ctx: PlanContext) -> tuple[int, int]:
-    """What `method` keeps at the final task: the fp32 count of its network kind, or, when the
-    context's model_storage applies to it (methods/storage.py storage_applies), the count of the
-    method replayed with that storage."""
+    """What `method` keeps at the final task: the fp32 count of its network kind, or the count of
+    the method itself replayed (with the context's model_storage where it applies to it,
+    methods/storage.py storage_applies): always for a method that builds its own network (bias
+    layers, cosine heads, a compressed student), whose final size only its own hooks know."""
     traits = METHODS.get(method)
-    if ctx.model_storage == "fp32" or not storage_applies(traits, ctx.policy):
+    plain = traits.build_network is Method.build_network  # the growth kind's network, as final_model builds it
+    if plain and (ctx.model_storage == "fp32" or not storage_applies(traits, ctx.policy)):
         return final_model(traits.growth, backbone, ctx.task_sizes, ctx.policy, traits.keeps_teacher)
-    return stored_final_model(method, backbone, ctx.task_sizes, ctx.policy, check_storage(ctx.model_storage),
+    storage = ctx.model_storage if storage_applies(traits, ctx.policy) else "fp32"
+    return stored_final_model(method, backbone, ctx.task_sizes, ctx.policy, check_storage(storage),
                               _resolved_options(method, ctx))
 
 
@@ -276,7 +289,7 @@ def plan_joint(ctx: PlanContext) -> CellPlan:
 
 
 def _num_blocks(method: str, ctx: PlanContext) -> int:
-    return ctx.num_tasks if METHODS.get(method).grows() else 1
+    return METHODS.get(method).kept_blocks(ctx.num_tasks, dict(dict(ctx.method_options).get(method, ())))
 
 
 def _too_small(method: str, backbone: str, model: int, point: BudgetPoint, ctx: PlanContext) -> str:

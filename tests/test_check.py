@@ -17,6 +17,9 @@ from benchmark.config.grid import Run
 from benchmark.train.runner import first_task_key
 from methods import METHODS
 from benchmark.tools.timing import method_run, speed_experiment, synthetic_data, task_engine
+from methods import Phase
+
+MAIN = Phase()  # the main phase: the task's own schedule
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,10 +105,10 @@ def test_sync_guard_window_covers_the_steps_and_ends_before_the_epoch_sync(small
     modes: list[str] = ["default"]
     monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", lambda mode: modes.append(mode))
     at_steps: list[str] = []
-    optimizer = engine.optimizer(engine.settings.schedules[1])
+    optimizer = engine.optimizer(MAIN, engine.settings.schedules[1])
     optimizer.register_step_post_hook(lambda *_: at_steps.append(modes[-1]))
     source = check_steps.random_batches(engine, engine.training_set(engine.data.task(1)), 3, 4)
-    loss = engine.train_epoch(engine.data.task(1), check_steps.SyncGuardedSource(source), optimizer, 4)
+    loss = engine.train_epoch(engine.data.task(1), MAIN, check_steps.SyncGuardedSource(source), optimizer, 4)
     assert at_steps == ["error"] * 3          # every step under "error"
     assert modes[-1] == "default"             # released before train_epoch's own float()
     # DER at task 1 of B0Inc10, untrained: cross-entropy over 20 classes plus the auxiliary one over 11
@@ -119,9 +122,9 @@ def test_sync_guard_catches_a_host_sync_in_a_step():
     data = synthetic_data(torch.device("cuda"), per_class=4)
     engine, method = task_engine(method_run(speed_experiment(), "der", "resnet8_half"), data, 1)
     task, source = data.task(1), engine.training_set(data.task(1))
-    optimizer = engine.optimizer(engine.settings.schedules[1])
-    engine.train_epoch(task, check_steps.random_batches(engine, source, 1, 4), optimizer, 4)  # cuDNN warm-up
-    clean = engine.train_epoch(task, check_steps.SyncGuardedSource(check_steps.random_batches(engine, source, 3, 4)),
+    optimizer = engine.optimizer(MAIN, engine.settings.schedules[1])
+    engine.train_epoch(task, MAIN, check_steps.random_batches(engine, source, 1, 4), optimizer, 4)  # cuDNN warm-up
+    clean = engine.train_epoch(task, MAIN, check_steps.SyncGuardedSource(check_steps.random_batches(engine, source, 3, 4)),
                                optimizer, 4)
     assert 0 < clean / 12 < 10.0 and torch.cuda.get_sync_debug_mode() == 0  # the real step: no sync; released
     loss = method.loss
@@ -133,7 +136,7 @@ def test_sync_guard_catches_a_host_sync_in_a_step():
 
     method.loss = syncing
     with pytest.raises(RuntimeError, match="synchroniz"):
-        engine.train_epoch(task, check_steps.SyncGuardedSource(check_steps.random_batches(engine, source, 1, 4)),
+        engine.train_epoch(task, MAIN, check_steps.SyncGuardedSource(check_steps.random_batches(engine, source, 1, 4)),
                            optimizer, 4)
     assert torch.cuda.get_sync_debug_mode() == 0  # released after the failure too
 
@@ -144,8 +147,8 @@ def test_placement_and_dtype_checks_can_fail(small_engine):
     assert check_steps.placement_problems(engine, method, source) == []
     probe = check_steps.DtypeProbe(method)
     try:
-        engine.train_epoch(engine.data.task(1), check_steps.random_batches(engine, source, 1, 4),
-                           engine.optimizer(engine.settings.schedules[1]), 4)
+        engine.train_epoch(engine.data.task(1), MAIN, check_steps.random_batches(engine, source, 1, 4),
+                           engine.optimizer(MAIN, engine.settings.schedules[1]), 4)
     finally:
         probe.remove()
     assert set(probe.seen) == {"first conv", "classifier", "auxiliary head"}

@@ -126,6 +126,9 @@ def training_settings(experiment: Experiment, cell: CellPlan, scenario: str) -> 
         "revision": TRAINING_REVISION,
         "first_task": asdict(profile.first_task),
         "later_tasks": asdict(profile.later_tasks[method]),
+        # Only for a method with phases after its main one: every other run keeps its id.
+        **({"phases": {name: asdict(schedule) for name, schedule in profile.phase_schedules(method).items()}}
+           if profile.phase_schedules(method) else {}),
         "images_per_class": profile.images_per_class,
         "test_images_per_class": profile.test_images_per_class,
         "augment": profile.augment,

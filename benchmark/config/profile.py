@@ -2,7 +2,9 @@
 resolved into the typed Schedule and Profile dataclasses that the grid and the engine read.
 
 A profile gives the first task's schedule, a default later-task schedule, per-method changes of
-it, and per-method default options. A method the profile does not list trains with the default,
+it, per-method changes for the phases a method trains after its main one (`phases.<method>.<phase>`,
+changes to that method's later-task schedule; methods/base.py `Method.extra_phases`), and
+per-method default options. A method the profile does not list trains with the default,
 so registering a new method needs no edit here. An experiment's `training:` section overrides
 any field: `later_tasks.all` every method's later-task schedule, `later_tasks.<method>` one.
 """
@@ -77,17 +79,35 @@ class Profile:
                                  "its worker: the floats change with the thread count, so it is a setting of the run")
     method_options: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="the profile's default options per method")
+    phases: dict[str, dict[str, Schedule]] = Field(
+        default_factory=dict, description="per method: the schedule of each phase it trains after its main one")
 
     def schedule(self, method: str, task: int) -> Schedule:
         if task == 0:
             return self.first_task
         return self.later_tasks.get(method, self.later_default)
 
+    def phase_schedules(self, method: str) -> dict[str, Schedule]:
+        return self.phases.get(method, {})
+
 
 # Fields of Profile that a profile file and the `training:` section give as plain values.
-SCHEDULES = ("first_task", "later_tasks", "later_default")
+SCHEDULES = ("first_task", "later_tasks", "later_default", "phases")
 ScheduleOverride = derived_model(Schedule, "ScheduleOverride", "Changes to some fields of a schedule.")
 LaterKey = choice(lambda: ["all", *METHODS.names()], lambda name: f"{METHODS.unknown_message(name)} or 'all'")
+
+
+def _known_phases(phases: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    for method, by_phase in phases.items():
+        known = METHODS.get(method).extra_phases
+        unknown = sorted(set(by_phase) - set(known))
+        if unknown:
+            raise ValueError(f"{method} has no phase {', '.join(unknown)}; its phases after the main one: "
+                             f"{', '.join(known) or 'none'}")
+    return phases
+
+
+PhaseChanges = Annotated[dict[MethodName, dict[str, ScheduleOverride]], AfterValidator(_known_phases)]
 
 ProfileFile = derived_model(
     Profile, "ProfileFile", "A profile as written in benchmark/config/profiles/<name>.yaml.",
@@ -97,6 +117,9 @@ ProfileFile = derived_model(
     later_default=(Schedule, Field(description="later-task schedule of every method not in later_tasks")),
     later_tasks=(dict[MethodName, ScheduleOverride], Field(
         default_factory=dict, description="per method: changes to later_default")),
+    phases=(PhaseChanges, Field(default_factory=dict, description=(
+        "per method and phase (BiC's bias_correction, FOSTER's compression, PODNet's finetune): changes to "
+        "the method's later-task schedule"))),
     method_options=(MethodOptions, Field(default_factory=dict, description="default options per method")))
 
 TrainingOverride = derived_model(
@@ -105,7 +128,12 @@ TrainingOverride = derived_model(
                                         json_schema_extra=drop_default)),
     later_tasks=(dict[LaterKey, ScheduleOverride], Field(
         None, description="changes to later-task schedules: 'all' (every method), then <method>",
-        json_schema_extra=drop_default)))
+        json_schema_extra=drop_default)),
+    phases=(PhaseChanges, Field(None, description="changes to a method's phase schedules: <method>.<phase>",
+                                json_schema_extra=drop_default)))
+
+
+_NO_CHANGE = ScheduleOverride()
 
 
 def profile_names() -> list[str]:
@@ -134,6 +162,7 @@ def resolve_profile(name: str, training: Any = None) -> Profile:
     spec = load_profile_file(name)
     changes = training.model_dump(exclude_unset=True) if training is not None else {}
     later_changes = changes.pop("later_tasks", {})
+    phase_changes = changes.pop("phases", {})
     profile_later = {method: change.model_dump(exclude_unset=True) for method, change in spec.later_tasks.items()}
 
     def later(method: str | None) -> Schedule:
@@ -144,9 +173,17 @@ def resolve_profile(name: str, training: Any = None) -> Profile:
     plain = [field for field in ProfileFile.model_fields if field not in (*SCHEDULES, "description")]
     values = {field: getattr(spec, field) for field in plain}
     values.update({k: v for k, v in changes.items() if k != "first_task"})
+    def phase(method: str, name: str) -> Schedule:
+        """The method's later-task schedule, then the profile's change for the phase, then the experiment's."""
+        schedule = replace(later(method), **spec.phases.get(method, {}).get(name, _NO_CHANGE).model_dump(
+            exclude_unset=True))
+        return replace(schedule, **phase_changes.get(method, {}).get(name, {}))
+
+    phases = {method: {name: phase(method, name) for name in METHODS.get(method).extra_phases}
+              for method in METHODS.names() if METHODS.get(method).extra_phases}
     return Profile(name=name, first_task=replace(spec.first_task, **changes.get("first_task", {})),
                    later_tasks={method: later(method) for method in METHODS.names()},
-                   later_default=later(None), **values)
+                   later_default=later(None), phases=phases, **values)
 
 
 def milestone_notes(profile: Profile, methods: tuple[str, ...]) -> list[str]:

@@ -32,6 +32,9 @@ from benchmark.train.batches import Batches, BatchSource, CachedSource, Images, 
 from benchmark.train.engine import Engine, RunData
 from benchmark.config.grid import Run
 from benchmark.tools.timing import task_engine
+from methods import Phase
+
+MAIN = Phase()  # the main phase: the task's own schedule
 
 if TYPE_CHECKING:
     from methods import Method
@@ -146,10 +149,10 @@ def source_problems(run: Run, data: RunData, precision: str, batch_size: int,
     task = data.task(1)
     source = engine.training_set(task)
     problems = placement_problems(engine, method, source)
-    optimizer = engine.optimizer(engine.settings.schedules[1])
+    optimizer = engine.optimizer(MAIN, engine.settings.schedules[1])
     probe = DtypeProbe(method)
     try:  # one warm-up step (cuDNN autotuning may synchronize), watched by the dtype probe
-        engine.train_epoch(task, random_batches(engine, source, 1, batch_size), optimizer, batch_size)
+        engine.train_epoch(task, MAIN, random_batches(engine, source, 1, batch_size), optimizer, batch_size)
     finally:
         probe.remove()
     problems += probe.problems(engine.autocast)
@@ -157,7 +160,7 @@ def source_problems(run: Run, data: RunData, precision: str, batch_size: int,
     if engine.device.type == "cuda":
         checked = SyncGuardedSource(checked)
     try:
-        loss = engine.train_epoch(task, checked, optimizer, batch_size) / len(checked)
+        loss = engine.train_epoch(task, MAIN, checked, optimizer, batch_size) / len(checked)
     except RuntimeError as error:
         if "synchroniz" not in str(error):
             raise

@@ -41,6 +41,9 @@ from benchmark.config.precision import PRECISIONS, precision_problem
 from benchmark.train.runner import engine_settings, new_engine, prepare_data
 from benchmark.tools.timing import (METHOD_NAMES, BareCell, FullCell, bare_flops, full_flops, matmul_peaks, measure, method_run,
                      speed_experiment, step_peak_name, task_engine)
+from methods import Phase
+
+MAIN = Phase()  # the main phase: the task's own schedule
 
 BACKBONES = ("resnet32", "resnet14", "resnet8_half", "conv2")
 PYCIL_EPOCH_SECONDS = 42.0  # PyCIL's iCaRL/resnet32 first-task epoch on the 2-core CPU machine
@@ -88,7 +91,7 @@ def first_task_epoch(runs: list[Run], data: RunData, precision: str = "fp32") ->
     task = engine.advance_to(0)
     source = engine.training_set(task)
     epochs = 2 if engine.device.type == "cuda" else 1
-    epoch = engine.train(task, source, replace(engine.settings.schedules[0], epochs=epochs))[-1]
+    epoch = engine.train(task, MAIN, source, replace(engine.settings.schedules[0], epochs=epochs))[-1]
     started = time.perf_counter()
     cnn, _ = engine.evaluate(task)  # no exemplars yet, so the CNN pass alone (as PyCIL's first eval)
     test_seconds = time.perf_counter() - started

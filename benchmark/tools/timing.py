@@ -33,6 +33,9 @@ from benchmark.data import DATASETS, Scenario
 from benchmark.train.engine import Engine, RunData, schedule_optimizer, step_autocast
 from benchmark.config.grid import Run, expand
 from benchmark.train.runner import engine_settings, new_engine
+from methods import Phase
+
+MAIN = Phase()  # the main phase: the task's own schedule
 
 METHOD_NAMES = tuple(METHODS.names())
 PEAK_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
@@ -89,7 +92,7 @@ class FullCell(Cell):
         super().__init__(batch_size)
         self.engine, self.method, self.task = engine, method, engine.data.task(task_index)
         self.source = engine.training_set(self.task)
-        self.optimizer = engine.optimizer(engine.settings.schedules[task_index])
+        self.optimizer = engine.optimizer(MAIN, engine.settings.schedules[task_index])
 
     def run(self, steps: int) -> list[float]:
         engine = self.engine
@@ -99,7 +102,7 @@ class FullCell(Cell):
         watch = Stopwatch(engine.device)
         hook = self.optimizer.register_step_post_hook(watch.step)
         watch.start()
-        engine.train_epoch(self.task, subset, self.optimizer, self.batch_size)
+        engine.train_epoch(self.task, MAIN, subset, self.optimizer, self.batch_size)
         hook.remove()
         return watch.durations()
 

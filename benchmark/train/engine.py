@@ -1,7 +1,8 @@
-"""The one incremental loop: for every task, grow, train, adjust, select exemplars, evaluate, audit.
+"""The one incremental loop: for every task, grow, train its phases, adjust, select exemplars,
+evaluate, audit.
 
-A method supplies its network, its loss and its before/after-task steps (methods/base.py);
-everything that loops lives here.
+A method supplies its network, its phases and losses and its hooks (methods/base.py); everything
+that loops lives here.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from typing import Callable, Iterable, Literal
 import torch
 
 from budgets.accounting import POLICIES, count_memory
-from methods import Method, Task
+from methods import Method, Phase, Task
+from methods.base import MAIN_PHASE
 from methods.exemplar_formats import ExemplarFormat
 from methods.exemplars import EncodedExemplarMemory, ExemplarMemory, herding_order, new_memory, random_order
 from methods.networks import IncrementalNet
@@ -80,11 +82,27 @@ def fuses_sgd(device: torch.device) -> bool:
     return device.type == "cuda"  # the fused kernel exists for CUDA tensors only
 
 
-def schedule_optimizer(parameters: Iterable[torch.nn.Parameter], schedule: Schedule,
+def schedule_optimizer(parameters: Iterable[torch.nn.Parameter] | list[dict], schedule: Schedule,
                        device: torch.device) -> torch.optim.SGD:
-    """The optimizer of one task's schedule: SGD with its lr, momentum and weight decay (fused on CUDA)."""
-    return torch.optim.SGD(parameters, lr=schedule.lr, momentum=schedule.momentum,
+    """The optimizer of one phase's schedule: SGD with its lr, momentum and weight decay (fused on
+    CUDA). `parameters` may be parameter groups (methods/base.py `parameter_groups`): a group's
+    "lr_scale" multiplies the schedule's lr, its "weight_decay" replaces the schedule's."""
+    groups = list(parameters)
+    if groups and isinstance(groups[0], dict):
+        groups = [_optimizer_group(group, schedule) for group in groups]
+    return torch.optim.SGD(groups, lr=schedule.lr, momentum=schedule.momentum,
                            weight_decay=schedule.weight_decay, fused=fuses_sgd(device))
+
+
+def _optimizer_group(group: dict, schedule: Schedule) -> dict:
+    unknown = set(group) - {"params", "lr_scale", "weight_decay"}
+    if unknown:
+        raise ValueError(f"parameter group keys {sorted(unknown)} are not known; a group has params, "
+                         "lr_scale (times the schedule's lr) and weight_decay")
+    optimizer_group = {"params": list(group["params"]), "lr": schedule.lr * group.get("lr_scale", 1.0)}
+    if "weight_decay" in group:
+        optimizer_group["weight_decay"] = group["weight_decay"]
+    return optimizer_group
 
 
 class DivergedError(RuntimeError):
@@ -93,7 +111,7 @@ class DivergedError(RuntimeError):
 
 @dataclass
 class EngineSettings:
-    schedules: list[Schedule]          # one per task
+    schedules: list[Schedule]          # one per task: its main phase's
     exemplars: int                     # exemplar budget E
     # Defaults: the experiment file's and the profile's, declared there.
     selection: str = experiment.EXEMPLAR_SELECTION
@@ -108,6 +126,8 @@ class EngineSettings:
     exemplar_byte_budget: int | None = None
     model_storage: str = "fp32"              # frozen blocks' dtype (methods/storage.py)
     storage_probe: tuple[str, ...] = ()      # dtypes whose conversion cost alone each task also measures
+    # The schedule of each phase other than the main one, by name (the profile's `phases.<method>`).
+    phase_schedules: dict[str, Schedule] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_storage(self.model_storage)
@@ -145,6 +165,48 @@ class TaskResult:
                 "train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds,
                 "select_seconds": self.select_seconds, "epochs": self.epochs,
                 **({"storage_probe": self.storage_probe} if self.storage_probe else {})}
+
+
+class PhaseData:
+    """What a method may read of the data when a phase starts (methods/base.py TaskData): the
+    phase's training set, the exemplar memory, and the run's own normalization and augmentation."""
+
+    def __init__(self, engine: "Engine", training_set: BatchSource) -> None:
+        self.engine, self.training_set = engine, training_set
+
+    @property
+    def memory_images(self) -> torch.Tensor:
+        return self.engine.memory.images
+
+    @property
+    def memory_labels(self) -> torch.Tensor:
+        return self.engine.memory.labels
+
+    def class_images(self, label: int) -> torch.Tensor:
+        """Every stored image of class `label` in the phase's training set (uint8, evaluation view)."""
+        rows = (self.training_set.labels == label).nonzero().flatten()
+        return self.training_set.images(rows)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return self.engine.data.augmentation.normalize(images)
+
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        return self.engine.augment(images)
+
+    def random(self) -> torch.Generator:
+        return self.engine.generator
+
+    @torch.no_grad()
+    def features(self, network: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """`network`'s features of uint8 `images` in eval mode (its mode restored after), in batches."""
+        was_training = network.training
+        network.eval()
+        try:
+            size = self.engine.settings.eval_batch_size
+            return torch.cat([network(self.normalize(images[i:i + size]))["features"].float()
+                              for i in range(0, len(images), size)]) if len(images) else images.new_zeros((0,))
+        finally:
+            network.train(was_training)
 
 
 class Engine:
@@ -200,14 +262,16 @@ class Engine:
         self.begin_task(task)
         start = time.perf_counter()
         epochs: list[dict] = []
+        self.memory_updated = False
         if first_task_state is not None:
-            self.method.network.load_first_task_state(first_task_state)
-            self.log(f"task {task.index}: loaded the shared first-task model")
+            self.load_first_task(task, first_task_state)
         else:
-            epochs = self.train(task, self.training_set(task), self.settings.schedules[task.index])
+            epochs = self.train_phases(task)
         self.method.after_task(task)
+        self.place()
         trained = time.perf_counter()
-        self.update_memory(task)
+        if not self.memory_updated:
+            self.update_memory(task)
         selected = time.perf_counter()
         cnn, nme = self.evaluate(task)
         evaluated = time.perf_counter()
@@ -233,15 +297,27 @@ class Engine:
         self.seed_task(task)
         self.grow(task)
 
+    def load_first_task(self, task: Task, state: dict) -> None:
+        """The shared first-task model in place of task 0's training; the phases' structural hooks
+        still run, so the method stands where training would have left it."""
+        for phase in self.method.phases(task):
+            self.method.begin_phase(task, phase)
+            self.place()
+            if phase.name == MAIN_PHASE:
+                self.method.network.load_first_task_state(state)
+            self.method.end_phase(task, phase)
+            self.place()
+        self.log(f"task {task.index}: loaded the shared first-task model")
+
     def replay(self, tasks: int, select_exemplars: bool = False) -> None:
         """The method's structure after learning tasks 0 .. `tasks` - 1, without training them: each
-        task begun (seeded, grown: new blocks, heads, teacher) and closed by the method's
-        `after_task` (frozen parts, dropped auxiliary head), with `select_exemplars` its exemplars
-        picked too. A resumed run then loads the trained tensors into this structure."""
+        task seeded and its structural hooks replayed (`Method.replay_task`: new blocks, heads,
+        teacher, phases' models, frozen parts, dropped auxiliary head), with `select_exemplars` its
+        exemplars picked too. A resumed run then loads the trained tensors into this structure."""
         for index in range(tasks):
             task = self.data.task(index)
-            self.begin_task(task)
-            self.method.after_task(task)
+            self.seed_task(task)
+            self.method.replay_task(task, self.place)
             if select_exemplars:
                 self.update_memory(task)
 
@@ -255,9 +331,13 @@ class Engine:
         return task
 
     def grow(self, task: Task) -> None:
-        """The method's before-task step (new blocks, heads, teacher), then the new modules placed
-        like the old ones: on the device, channels_last where the inputs are."""
+        """The method's before-task step (new blocks, heads, teacher), then the new modules placed."""
         self.method.before_task(task)
+        self.place()
+
+    def place(self) -> None:
+        """The method's modules placed like the old ones (after every structural hook, which may
+        build or swap them): on the device, channels_last where the inputs are."""
         for network in (self.method.network, self.method.teacher):
             if network is None:
                 continue
@@ -266,6 +346,36 @@ class Engine:
                 network.to(memory_format=torch.channels_last)
 
     # -- training -----------------------------------------------------------------------------
+    def train_phases(self, task: Task) -> list[dict]:
+        """Every phase of the task, in order: its structure, its statistics, its epochs, its end.
+        A "memory" phase trains on the exemplars selected for this task, so they are selected
+        before it (and not again after the task)."""
+        history: list[dict] = []
+        task_data, held_out = self.split_task_data(task)
+        for phase in self.method.phases(task):
+            self.method.begin_phase(task, phase)
+            self.place()
+            if phase.data == "memory" and not self.memory_updated:
+                self.update_memory(task)
+                self.memory_updated = True
+            source = task_data if phase.data == "task" else held_out if phase.data == "held_out" else self.memory_source()
+            if len(source):
+                self.method.prepare_phase(task, phase, PhaseData(self, source))
+                history += self.train(task, phase, source, self.schedule(task, phase))
+            else:
+                self.log(f"task {task.index} phase {phase.name}: no {phase.data} images, nothing to train")
+            self.method.end_phase(task, phase)
+            self.place()
+        return history
+
+    def schedule(self, task: Task, phase: Phase) -> Schedule:
+        if phase.name == MAIN_PHASE:
+            return self.settings.schedules[task.index]
+        if phase.name not in self.settings.phase_schedules:
+            raise KeyError(f"{self.method.name}: phase {phase.name!r} has no schedule; give one in the profile "
+                           f"or the experiment (training.phases.{self.method.name}.{phase.name})")
+        return self.settings.phase_schedules[phase.name]
+
     def training_set(self, task: Task) -> BatchSource:
         train = self.data.train
         if self.method.trains_on_all_data:
@@ -273,33 +383,60 @@ class Engine:
         new = select(train, self.data.rows(train, task.known_classes, task.total_classes))
         if not self.method.uses_exemplars or not len(self.memory):
             return new
-        return concat([new, TensorSource(self.memory.images, self.memory.labels)])
+        return concat([new, self.memory_source()])
 
-    def train(self, task: Task, source: BatchSource, schedule: Schedule) -> list[dict]:
-        optimizer = self.optimizer(schedule)
+    def memory_source(self) -> BatchSource:
+        return TensorSource(self.memory.images, self.memory.labels)
+
+    def split_task_data(self, task: Task) -> tuple[BatchSource, BatchSource]:
+        """The task's training set, less the held-out split the method asks for (class-balanced: up
+        to `held_out_per_class` images of every seen class, drawn with the run's generator, each
+        class keeping at least one image to train on), and that split."""
+        source = self.training_set(task)
+        per_class = self.method.held_out_per_class(task)
+        if per_class <= 0:
+            return source, select(source, source.labels[:0])
+        held = []
+        for label in range(task.total_classes):
+            rows = (source.labels == label).nonzero().flatten()
+            take = min(per_class, len(rows) - 1)
+            if take > 0:
+                shuffled = rows[torch.randperm(len(rows), generator=self.generator, device=self.device)]
+                held.append(shuffled[:take])
+        held_rows = torch.cat(held) if held else source.labels[:0]
+        keep = torch.ones(len(source), dtype=torch.bool, device=self.device)
+        keep[held_rows] = False
+        return select(source, keep.nonzero().flatten()), select(source, held_rows.sort().values)
+
+    def train(self, task: Task, phase: Phase, source: BatchSource, schedule: Schedule) -> list[dict]:
+        optimizer = self.optimizer(phase, schedule)
         lr_steps = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(schedule.milestones), schedule.lr_decay)
         self.method.network.train()
         history = []
+        named = "" if phase.name == MAIN_PHASE else f" phase {phase.name}"
         for epoch in range(schedule.epochs):
             started = time.perf_counter()
-            loss_sum = self.train_epoch(task, source, optimizer, schedule.batch_size)
+            loss_sum = self.train_epoch(task, phase, source, optimizer, schedule.batch_size)
             if not math.isfinite(loss_sum):
-                where = "first_task" if task.index == 0 else f"later_tasks.{self.method.name}"
-                raise DivergedError(f"loss is {loss_sum} at task {task.index} epoch {epoch + 1}; "
+                where = ("first_task" if task.index == 0 else f"later_tasks.{self.method.name}") \
+                    if phase.name == MAIN_PHASE else f"phases.{self.method.name}.{phase.name}"
+                raise DivergedError(f"loss is {loss_sum} at task {task.index}{named} epoch {epoch + 1}; "
                                     f"lower the lr (training.{where}.lr, now {schedule.lr})")
             lr_steps.step()
             seconds = time.perf_counter() - started
-            history.append({"epoch": epoch, "loss": loss_sum / len(source), "seconds": seconds,
-                            "images_per_second": len(source) / seconds})
-            self.log(f"task {task.index} epoch {epoch + 1}/{schedule.epochs}: loss {history[-1]['loss']:.4f}, "
-                     f"{history[-1]['images_per_second']:.0f} images/s")
+            entry = {"epoch": epoch, "loss": loss_sum / len(source), "seconds": seconds,
+                     "images_per_second": len(source) / seconds}
+            history.append(entry if phase.name == MAIN_PHASE else {"phase": phase.name, **entry})
+            self.log(f"task {task.index}{named} epoch {epoch + 1}/{schedule.epochs}: loss {entry['loss']:.4f}, "
+                     f"{entry['images_per_second']:.0f} images/s")
         return history
 
-    def optimizer(self, schedule: Schedule) -> torch.optim.SGD:
-        """A fresh optimizer per task (as the reference runs): nothing of it outlives the task."""
-        return schedule_optimizer(self.method.trainable_parameters(), schedule, self.device)
+    def optimizer(self, phase: Phase, schedule: Schedule) -> torch.optim.SGD:
+        """A fresh optimizer per phase (as the reference runs): nothing of it outlives the phase."""
+        return schedule_optimizer(self.method.phase_parameter_groups(phase), schedule, self.device)
 
-    def train_epoch(self, task: Task, source: BatchSource, optimizer: torch.optim.Optimizer, batch_size: int) -> float:
+    def train_epoch(self, task: Task, phase: Phase, source: BatchSource, optimizer: torch.optim.Optimizer,
+                    batch_size: int) -> float:
         """The summed loss of one epoch; one host sync at its end (the float), none per step."""
         order = torch.randperm(len(source), generator=self.generator, device=self.device)
         total = torch.zeros((), device=self.device)
@@ -308,9 +445,10 @@ class Engine:
             x, labels = self.augment(images), source.labels[rows]
             # bf16 covers the backbones; the heads (IncrementalNet.forward) and so the losses stay fp32.
             with step_autocast(self.settings.precision, self.device):
-                loss = self.method.loss(task, x, labels)
+                loss = self.method.phase_loss(task, phase, x, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            self.method.before_step(task, phase)
             optimizer.step()
             total += loss.detach().float() * len(rows)
         return float(total)

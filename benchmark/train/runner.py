@@ -63,10 +63,14 @@ def prepare_data(run: Run, data_root: Path, device: torch.device) -> RunData:
 
 # -- the shared first-task model -----------------------------------------------------------------
 def first_task_identity(run: Run) -> dict[str, Any]:
-    """Everything that shapes the first task's training; every method trains it the same way
-    (cross-entropy on the first classes), so runs that agree on this share one model."""
+    """Everything that shapes the first task's training. Every method that shares it trains it the
+    same way (cross-entropy on the first classes), so runs that agree on this share one model; a
+    method with its own first task (a cosine classifier, its own loss: `shares_first_task` false)
+    adds its name and options, so that only its own runs share it."""
     t = run.training
-    return {"dataset": run.dataset, "first_task_classes": Scenario.parse(run.scenario).task_sizes(
+    own = {} if METHODS.get(run.method).shares_first_task else {
+        "method": run.method, "method_options": t["method_options"]}
+    return {**own, "dataset": run.dataset, "first_task_classes": Scenario.parse(run.scenario).task_sizes(
                 DATASETS[run.dataset].num_classes)[0],
             "class_order_seed": run.seed, "network_seed": run.network_seed, "backbone": run.backbone,
             "schedule": t["first_task"], "images_per_class": t["images_per_class"], "augment": t["augment"],
@@ -92,7 +96,9 @@ def train_first_task(run: Run, results_root: Path, device: str, data_root: Path,
     _set_threads(run_threads(device, threads, cpu_threads(run)))
     device_ = torch.device(device)
     data = prepare_data(run, data_root, device_)
-    method = new_method(run, "replay")  # plain cross-entropy: what every method does on task 0
+    # Plain cross-entropy, what every sharing method does on task 0; or the run's own method's task 0.
+    method = new_method(run, "replay") if METHODS.get(run.method).shares_first_task else \
+        new_method(run, run.method, run.training["method_options"])
     engine = Engine(method, data, engine_settings(run, exemplars=0), log)
     result = engine.learn_task(data.task(0))
     payload = {"state": _to_cpu(method.network.first_task_state()), "identity": first_task_identity(run),
@@ -135,7 +141,9 @@ def engine_settings(run: Run, exemplars: int) -> EngineSettings:
                           # present only for non-raw formats (the grid's budget axis)
                           exemplar_format=t.get("exemplar_format", "raw"),
                           exemplar_byte_budget=t.get("exemplar_byte_budget"),
-                          model_storage=t.get("model_storage", "fp32"), storage_probe=tuple(t.get("storage_probe", ())))
+                          model_storage=t.get("model_storage", "fp32"), storage_probe=tuple(t.get("storage_probe", ())),
+                          phase_schedules={name: Schedule(**_tuple_milestones(schedule))
+                                           for name, schedule in t.get("phases", {}).items()})
 
 
 def _tuple_milestones(schedule: dict) -> dict:

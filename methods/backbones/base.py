@@ -27,6 +27,25 @@ class Backbone(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return pool_features(self.specialized(self.generalized(images)))
 
+    def feature_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The output map of every stage, first to last (the last is the one `forward` pools).
+
+        A stage is a child of the generalized part after its stem, when that part is a sequence of
+        blocks (the ResNets' `Sequential(stem, stage, ...)`), or else the whole generalized part;
+        then the specialized part. What distillation on intermediate features reads (PODNet's
+        POD-spatial)."""
+        maps = []
+        blocks = isinstance(self.generalized, nn.Sequential) and len(self.generalized) > 1 and all(
+            isinstance(child, nn.Sequential) for child in self.generalized)
+        parts = list(self.generalized) if blocks else [self.generalized]
+        x = images
+        for index, part in enumerate(parts):
+            x = part(x)
+            if index > 0 or len(parts) == 1:  # the stem's output is not a stage's
+                maps.append(x)
+        maps.append(self.specialized(x))
+        return maps
+
 
 def pool_features(feature_map: torch.Tensor) -> torch.Tensor:
     """Global average pooling to a [batch, channels] feature vector."""

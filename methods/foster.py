@@ -1,0 +1,1 @@
+"""Placeholder while the method is being written; registers nothing yet."""
