@@ -16,6 +16,7 @@ from .base import Backbone, parameter_count, pool_features
 from .cifar_resnet import cifar_resnet
 from .convnet import conv2, conv4
 from .imagenet_resnet import imagenet_resnet
+from .ucir_resnet import ucir_cifar_resnet
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,10 @@ for _depth in (8, 14, 20, 26, 32, 44, 56):
     BACKBONES.add(f"resnet{_depth}", BackboneEntry(partial(cifar_resnet, _depth), "cifar"))
     # Half-width variants (8/16/32 channels) keep the reduced CPU profile's curve cheap to train.
     BACKBONES.add(f"resnet{_depth}_half", BackboneEntry(partial(cifar_resnet, _depth, width=8), "cifar"))
+# UCIR's CIFAR ResNets (1x1-conv shortcuts, no final ReLU): PODNet's backbone (methods/podnet.py).
+for _depth in (8, 14, 20, 26, 32, 44, 56):
+    BACKBONES.add(f"resnet{_depth}_ucir", BackboneEntry(partial(ucir_cifar_resnet, _depth), "cifar"))
+    BACKBONES.add(f"resnet{_depth}_half_ucir", BackboneEntry(partial(ucir_cifar_resnet, _depth, width=8), "cifar"))
 BACKBONES.add("conv2", BackboneEntry(conv2, "cifar"))
 BACKBONES.add("conv2_half", BackboneEntry(partial(conv2, width=32), "cifar"))
 BACKBONES.add("conv4", BackboneEntry(conv4, "imagenet"))
