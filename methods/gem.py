@@ -218,11 +218,10 @@ def gem_project(grad: torch.Tensor, memories: torch.Tensor, margin: float, eps: 
 
 def agem_project(grad: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """A-GEM's projection (Chaudhry et al. 2019, Eq. 11): unchanged when grad . ref >= 0, else
-    grad - (grad . ref / ref . ref) ref."""
+    grad - (grad . ref / ref . ref) ref. Written without a branch on the host (no device sync)."""
     dot = grad @ reference
-    if not bool(dot < 0):
-        return grad
-    return grad - (dot / (reference @ reference)) * reference
+    scale = torch.where(dot < 0, dot / (reference @ reference), torch.zeros_like(dot))
+    return grad - scale * reference
 
 
 def augment_in_chunks(data: TaskData, images: torch.Tensor, chunk: int = 512) -> torch.Tensor:
