@@ -15,6 +15,7 @@ from benchmark.tools import check_steps
 from benchmark.tools.timing import method_run, speed_experiment, synthetic_data, task_engine
 from benchmark.train import batches
 from benchmark.train.batches import CachedSource
+from methods import Phase
 
 CUDA_ONLY = pytest.mark.skipif(not torch.cuda.is_available(),
                                reason="CUDA's sync debug mode detects host synchronizations on CUDA only")
@@ -46,11 +47,11 @@ def test_the_guard_window_opens_at_the_first_step_and_covers_the_prefetching_rea
     reads: list[str] = []
     read = CachedSource.images
     monkeypatch.setattr(CachedSource, "images", lambda self, rows: (reads.append(modes[-1]), read(self, rows))[1])
-    optimizer = engine.optimizer(engine.settings.schedules[1])
+    optimizer = engine.optimizer(Phase(), engine.settings.schedules[1])
     at_steps: list[str] = []
     optimizer.register_step_post_hook(lambda *_: at_steps.append(modes[-1]))
     source = check_steps.random_batches(engine, engine.training_set(engine.data.task(1)), 4, 4)
-    engine.train_epoch(engine.data.task(1), check_steps.SyncGuardedSource(source), optimizer, 4)
+    engine.train_epoch(engine.data.task(1), Phase(), check_steps.SyncGuardedSource(source), optimizer, 4)
     assert at_steps == ["error"] * 4 and modes[-1] == "default"
     # Read 0 before the window; read 1 is submitted with batch 0's arrival (it may start either side);
     # reads 2 and 3 are submitted from inside it.
@@ -85,8 +86,8 @@ def test_the_step_check_passes_on_cuda_on_both_data_paths(precision):
 def test_the_guard_catches_a_sync_in_a_prefetching_read(monkeypatch):
     engine, _ = task_engine(tiny_run(), check_steps.prefetching(synthetic_data(torch.device("cuda"), per_class=4)), 1)
     task = engine.data.task(1)
-    source, optimizer = engine.training_set(task), engine.optimizer(engine.settings.schedules[1])
-    engine.train_epoch(task, check_steps.random_batches(engine, source, 1, 4), optimizer, 4)  # cuDNN warm-up
+    source, optimizer = engine.training_set(task), engine.optimizer(Phase(), engine.settings.schedules[1])
+    engine.train_epoch(task, Phase(), check_steps.random_batches(engine, source, 1, 4), optimizer, 4)  # cuDNN warm-up
     read = CachedSource.images
 
     def syncing(self, rows):
@@ -96,7 +97,7 @@ def test_the_guard_catches_a_sync_in_a_prefetching_read(monkeypatch):
 
     monkeypatch.setattr(CachedSource, "images", syncing)
     with pytest.raises(RuntimeError, match="synchroniz"):
-        engine.train_epoch(task, check_steps.SyncGuardedSource(check_steps.random_batches(engine, source, 4, 4)),
+        engine.train_epoch(task, Phase(), check_steps.SyncGuardedSource(check_steps.random_batches(engine, source, 4, 4)),
                            optimizer, 4)
     assert torch.cuda.get_sync_debug_mode() == 0
 
