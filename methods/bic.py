@@ -21,7 +21,9 @@ Task t >= 1 trains in two phases:
 
 The held-out split (`held_out_per_class`) takes, from every seen class, floor(0.1 x E / known)
 images (PyCIL's split_ratio of the memory per old class, E exemplars): exemplars of the old classes
-and new images alike. Its exemplars are part of the exemplar budget.
+and new images alike. Its exemplars are part of the exemplar budget. Under 10 exemplars per old class
+that is none, and the bias correction is skipped; the option `held_out_minimum` (not in the
+reference) holds out at least that many images per class instead.
 
 PyCIL's bugs this file fixes, each a deliberate difference from it:
 
@@ -61,6 +63,9 @@ BIAS_PHASE = "bias_correction"
 class BiCOptions:
     temperature: float = 2.0     # of the distillation softmax: PyCIL models/bic.py T = 2
     held_out_share: float = 0.1  # of the memory per old class held out: PyCIL split_ratio = 0.1 (the authors' nb_val)
+    # Images per class held out at least. 0, the reference: a memory under 10 per old class holds
+    # out none and the bias correction is skipped (PyCIL crashes there). Not in PyCIL or the paper.
+    held_out_minimum: int = 0
 
 
 class BiasPair(nn.Module):
@@ -121,11 +126,13 @@ class BiC(Method):
     def __init__(self, backbone: str, options: dict[str, Any] | None = None, model_storage: str = "fp32") -> None:
         super().__init__(backbone, options, model_storage)
         _check_share(self.options["held_out_share"])
+        _check_minimum(self.options["held_out_minimum"])
 
     @classmethod
     def resolve_options(cls, options: dict[str, Any], base_classes: int) -> dict[str, Any]:
         """Nothing depends on the scenario; checked here so a bad value fails when the grid is planned."""
         _check_share(options.get("held_out_share", cls.default_options["held_out_share"]))
+        _check_minimum(options.get("held_out_minimum", cls.default_options["held_out_minimum"]))
         return dict(options)
 
     def build_network(self, backbone: str) -> IncrementalNet:
@@ -152,10 +159,12 @@ class BiC(Method):
 
     def held_out_per_class(self, task: Task) -> int:
         """floor(share x E / known) images of every seen class, PyCIL's val_samples_per_class (the
-        same expression, evaluated in the same order); none on the first task, which has no stage 2."""
+        same expression, evaluated in the same order), or `held_out_minimum` if more; none on the first
+        task, which has no stage 2."""
         if task.index == 0 or not self.exemplar_budget:
             return 0
-        return int(self.options["held_out_share"] * self.exemplar_budget / task.known_classes)
+        share = int(self.options["held_out_share"] * self.exemplar_budget / task.known_classes)
+        return max(share, self.options["held_out_minimum"])
 
     # -- stage 1 ---------------------------------------------------------------------------------
     def parameter_groups(self) -> list[dict[str, Any]]:
@@ -194,3 +203,9 @@ def _check_share(value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
         raise ValueError(f"bic: held_out_share {value!r} must be a number between 0 and 1 (the share of the "
                          "memory per old class held out for the bias correction; the reference's is 0.1)")
+
+
+def _check_minimum(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"bic: held_out_minimum {value!r} must be an integer >= 0 (images per class held out "
+                         "for the bias correction at least; 0 follows the reference)")

@@ -46,7 +46,7 @@ def test_registered_with_a_bias_corrected_network_and_the_shared_first_task():
     assert METHODS.get("bic") is BiC
     assert isinstance(method.network, BiasCorrectedNet) and BiC.shares_first_task and BiC.keeps_teacher
     assert BiC.extra_phases == ("bias_correction",)
-    assert BiC.default_options == {"temperature": 2.0, "held_out_share": 0.1}
+    assert BiC.default_options == {"temperature": 2.0, "held_out_share": 0.1, "held_out_minimum": 0}
 
 
 def test_bad_options_are_refused_with_the_fix():
@@ -54,6 +54,8 @@ def test_bad_options_are_refused_with_the_fix():
         BiC.resolve_options({"held_out_share": 0}, base_classes=0)
     with pytest.raises(ValueError, match="held_out_share"):
         bic(held_out_share=1.5)
+    with pytest.raises(ValueError, match="held_out_minimum -1 must be an integer >= 0"):
+        bic(held_out_minimum=-1)
 
 
 def test_each_pair_corrects_its_own_task_logits():
@@ -75,6 +77,8 @@ def test_the_split_is_a_tenth_of_the_memory_per_old_class():
     # A small memory leaves no split (PyCIL crashes there: its issue 41); the stage is then skipped.
     assert bic(budget=200).held_out_per_class(Task(3, 30, 40, 10)) == 0
     assert bic(budget=None).held_out_per_class(Task(1, 10, 20, 10)) == 0
+    assert bic(budget=200, held_out_minimum=1).held_out_per_class(Task(3, 30, 40, 10)) == 1
+    assert bic(budget=2000, held_out_minimum=1).held_out_per_class(Task(3, 30, 40, 10)) == 6
 
 
 def test_the_teacher_is_the_previous_model_with_its_pairs():
