@@ -161,7 +161,8 @@ def children(pid: int) -> list[int]:
 # -- the shipped configuration files (pinned: a file added or lost fails tests/test_schema.py) ---------
 EXPERIMENT_DIR = REPO / "benchmark" / "config" / "experiments"
 PROFILE_DIR = REPO / "benchmark" / "config" / "profiles"
-SHIPPED_EXPERIMENTS = ["cifar100_b0inc10_paper.yaml", "cifar100_b0inc20_cpu.yaml", "cifar100_b0inc20_cpu_formats.yaml",
-                       "cifar100_b0inc20_cpu_seeds.yaml", "cifar100_b0inc20_cpu_storage.yaml",
-                       "cifar100_b0inc20_cpu_threads2.yaml", "imagenet1000_b0inc100_fair.yaml"]
+SHIPPED_EXPERIMENTS = ["cifar100_b0inc10_paper.yaml", "cifar100_b0inc10_survey_fair.yaml", "cifar100_b0inc20_cpu.yaml",
+                       "cifar100_b0inc20_cpu_formats.yaml", "cifar100_b0inc20_cpu_seeds.yaml",
+                       "cifar100_b0inc20_cpu_storage.yaml", "cifar100_b0inc20_cpu_survey.yaml", "cifar100_b0inc20_cpu_threads2.yaml",
+                       "cifar100_b0inc5_survey_fair.yaml", "imagenet1000_b0inc100_fair.yaml"]
 SHIPPED_PROFILES = ["cpu.yaml", "paper.yaml", "paper_imagenet.yaml"]
