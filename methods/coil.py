@@ -26,12 +26,23 @@ Two deliberate fixes to the reference:
   PyCIL's `solving_ot` reads the full training set of every old class (`_extract_class_means`),
   which a method at a memory budget may not see. (Its retrospective transport already uses the
   memory, `_extract_class_means_with_memory`.)
-- the memory is the run's exemplar budget; PyCIL hard-codes `memory_size = 2000` in models/coil.py.
+- the memory is the run's exemplar budget; PyCIL hard-codes `memory_size = 2000` in models/coil.py
+  (the survey's copy, zhoudw-zdw/CIL_Survey models/coil.py, already takes the run's).
+
+Other differences, by design of the suite:
+- the backbone is the run's (resnet32 with option-A shortcuts and a final ReLU on CIFAR); the
+  reference configuration names `cosine_resnet32` (PyCIL convs/ucir_cifar_resnet.py: 1x1-conv + BN
+  shortcuts, no ReLU after the last block); here every method of a curve point has its backbone.
+- the first task trains with the profile's first-task schedule; PyCIL trains it like the later
+  tasks (160 epochs, milestones 80 and 120, models/coil.py lines 21-25).
+- the retrospective plan is re-solved every 30 steps of an epoch, as PyCIL 87cc411 and the authors'
+  code do; the survey's copy re-solves every 200 (`retrospective_every: 200` gives that).
 
 The prospective transport runs when task t's phase starts (`prepare_phase`, the first point where
 the next task's data is in reach), with the network as task t - 1 left it; PyCIL runs it in
 `after_task` of task t - 1 with the same network and data. Nothing of either transport outlives its
-task, so a resumed run needs only the network and teacher tensors.
+task, so a resumed run needs only the network and teacher tensors. The loss counts its calls to
+know the epoch (the engine does not pass it), from the phase's schedule.
 """
 from __future__ import annotations
 

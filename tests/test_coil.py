@@ -16,6 +16,7 @@ from benchmark.config.grid import expand
 from benchmark.train.runner import execute_run
 from budgets.planner import PlanContext, method_model
 from conftest import tiny_experiment, tiny_training
+from test_imagenet_training import NAME as FOLDER_DATASET, SGD as FOLDER_SGD, tiny_folder  # noqa: F401 (a fixture)
 from methods import METHODS, Task
 from methods.coil import Coil, TransportState, normalized_mean
 from methods.cosine import CosineNet
@@ -179,3 +180,21 @@ def test_unbalanced_marginals_change_only_the_plan_scale():
     balanced = ot.sinkhorn(torch.full((6,), 1 / 6, dtype=torch.float64), torch.full((3,), 1 / 3, dtype=torch.float64),
                            cost, 0.464)
     torch.testing.assert_close(plan / plan.sum(), balanced, rtol=0, atol=1e-12)
+
+
+def test_tiny_imagenet_folder_run_trains_every_phase(tiny_folder):
+    """Four generated classes in the ImageNet folder layout, conv4, B2Inc2; two epochs on the later task
+    reach the retrospective transport."""
+    experiment = parse_experiment({
+        "name": "coil-folder", "dataset": FOLDER_DATASET, "scenario": "B2Inc2", "methods": ["coil"], "budgets": [4.5],
+        "seeds": [1], "profile": "cpu", "family": ["conv4"], "benchmark_backbone": "conv4", "anchor_exemplars": 8,
+        "training": {"images_per_class": None, "test_images_per_class": None, "augment": True,
+                     "first_task": {"epochs": 1, **FOLDER_SGD}, "later_tasks": {"all": {"epochs": 2, **FOLDER_SGD}}}})
+    (run,) = expand(experiment)
+    with pytest.MonkeyPatch.context() as patch:
+        counts = counting_transports(patch)
+        record = execute_run(run, tiny_folder / "coil", tiny_folder / "results", "cpu", tiny_folder / "data", 1)
+    assert record["status"] == "complete", record.get("error")
+    assert [t["classes_seen"] for t in record["tasks"]] == [2, 4]
+    assert [t["exemplars_stored"] for t in record["tasks"]] == [6, 4]  # 7 exemplars: 3, then 1 per class
+    assert counts == {"prospective": 2, "retrospective": 1}
