@@ -183,7 +183,7 @@ def test_tiny_folder_run_trains_both_phases(tmp_path):
         patch.setitem(DATASETS, NAME, spec)
         patch.delenv(CACHE_ENV, raising=False)
         experiment = parse_experiment({
-            "name": "tinynet", "dataset": NAME, "scenario": "B2Inc1", "methods": ["podnet"], "budgets": [4.5],
+            "name": "tinynet", "dataset": NAME, "scenario": "B3Inc1", "methods": ["podnet"], "budgets": [4.5],
             "seeds": [1], "profile": "cpu", "family": ["conv4"], "benchmark_backbone": "conv4",
             "anchor_exemplars": 8, "training": {
                 "images_per_class": None, "test_images_per_class": None, "augment": True,
@@ -192,5 +192,5 @@ def test_tiny_folder_run_trains_both_phases(tmp_path):
         (run,) = expand(experiment)
         record = execute_run(run, tmp_path / "experiment", tmp_path / "results", "cpu", tmp_path / "data", 1)
     assert record["status"] == "complete", record.get("error")
-    assert [t["classes_seen"] for t in record["tasks"]] == [2, 3, 4]
-    assert [sum(e.get("phase") == FINETUNE for e in t["epochs"]) for t in record["tasks"]] == [0, 1, 1]
+    assert [t["classes_seen"] for t in record["tasks"]] == [3, 4]  # two tasks: the second fine-tunes
+    assert [sum(e.get("phase") == FINETUNE for e in t["epochs"]) for t in record["tasks"]] == [0, 1]
