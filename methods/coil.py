@@ -187,7 +187,10 @@ class Coil(ICaRL):
             # Without the phase's data (the speed tools take steps without `prepare_phase`) there is
             # nothing to transport.
             return loss
-        return loss + self.transport_term(task, transport, out, teacher_logits)
+        # In fp32 under bf16 autocast, like the heads (IncrementalNet.forward); the class means of a
+        # re-solved plan then come from fp32 features, as the prospective ones do.
+        with torch.autocast(images.device.type, enabled=False):
+            return loss + self.transport_term(task, transport, out, teacher_logits)
 
     def transport_term(self, task: Task, transport: TransportState, out: dict[str, torch.Tensor],
                        teacher_logits: torch.Tensor) -> torch.Tensor:
