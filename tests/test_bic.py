@@ -8,6 +8,7 @@ the runs here set it to the run's planned exemplar count, as the engine would.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -15,6 +16,8 @@ import torch
 
 from benchmark.config.experiment import parse_experiment
 from benchmark.config.grid import expand
+from benchmark.data.image_cache import CACHE_ENV
+from benchmark.data.specs import DATASETS
 from benchmark.records.store import run_dir
 from benchmark.train import checkpoints
 from benchmark.train.runner import execute_run
@@ -23,6 +26,7 @@ from conftest import tiny_experiment, tiny_training
 from methods import METHODS, Task
 from methods.bic import BIAS_PHASE, BiasCorrectedNet, BiC
 from test_checkpoint import Killed, stop_after, timeless
+from test_imagenet_training import NAME, SGD, make_folder_dataset
 
 TINY = "conv2_half"  # 32 features
 
@@ -209,11 +213,6 @@ def test_planner_counts_what_the_run_holds(cifar_run):
 
 # -- an ImageNet-style folder run ----------------------------------------------------------------
 def test_tiny_folder_run_trains_both_stages(tmp_path):
-    from test_imagenet_training import NAME, SGD, make_folder_dataset
-    import dataclasses
-    from benchmark.data.image_cache import CACHE_ENV
-    from benchmark.data.specs import DATASETS
-
     make_folder_dataset(tmp_path / "data", train=3)
     spec = dataclasses.replace(DATASETS["imagenet1000"], name=NAME, title="", num_classes=4, train_per_class=3,
                                test_per_class=2)
