@@ -9,7 +9,8 @@ The network (`BiasCorrectedNet`) is a single backbone and classifier plus one bi
 (alpha, beta) per task; pair t maps task t's logits z to alpha * z + beta, as PyCIL does. A pair
 starts at (1, 0), so the first task (which trains no pair) is the plain first-task model every
 single-network method shares. The pairs are parameters of the network: the strict policy bills
-them (8 bytes a task), the paper policy does not (they are not backbone).
+them (8 bytes a task, in the network and again in the teacher), the paper policy does not (they are
+not backbone).
 
 Task t >= 1 trains in two phases:
 
@@ -34,8 +35,8 @@ PyCIL's bugs this file fixes, each a deliberate difference from it:
   BatchNorm layer's running statistics (and the logits it corrects are batch-statistics logits).
   Here the network is fixed in stage 2 (eval mode, no gradient), as the stage trains only the pair;
   the authors' bias stage writes its own checkpoint, so its BatchNorm updates never reach the model.
-- With a small memory the split is empty (floor(0.1 E / known) = 0) and PyCIL crashes (PyCIL issue
-  41). Here the stage is skipped (the engine logs it) and the newest pair stays (1, 0).
+- With a small memory the split is empty (floor(0.1 E / known) = 0) and PyCIL crashes (LAMDA-CL/PyCIL
+  issue 41). Here the stage is skipped (the engine logs it) and the newest pair stays (1, 0).
 
 Other differences, not bugs: the engine draws the split with the run's generator (PyCIL: numpy's
 global one). The authors' code keeps only the newest pair (applied to the newest classes at test
