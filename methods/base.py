@@ -186,8 +186,9 @@ class Method:
         """The task's training phases, in order; the default is the one main phase."""
         return [Phase()]
 
-    def held_out_per_class(self, task: Task) -> int:
-        """Images per class the "task" data sets aside for a "held_out" phase (0: none)."""
+    def held_out_per_class(self, task: Task, exemplars: int) -> int:
+        """Images per class the "task" data sets aside for a "held_out" phase (0: none); `exemplars`
+        is the run's exemplar budget E in images (for a byte-budget format, the images it holds)."""
         return 0
 
     def parameter_groups(self) -> list[dict[str, Any]]:

@@ -119,10 +119,6 @@ class BiC(Method):
     keeps_teacher = True
     extra_phases = (BIAS_PHASE,)
     options_type = BiCOptions
-    # The exemplar budget E the split is a share of. The engine does not tell a method its budget yet
-    # (methods/base.py `held_out_per_class(task)` sees the task only): until it does, whoever builds the
-    # engine sets this; left None, no split is held out and the bias correction is skipped.
-    exemplar_budget: int | None = None
 
     def __init__(self, backbone: str, options: dict[str, Any] | None = None, model_storage: str = "fp32") -> None:
         super().__init__(backbone, options, model_storage)
@@ -158,13 +154,13 @@ class BiC(Method):
         if phase.name == BIAS_PHASE:
             self.network.bias_pairs[-1].requires_grad_(True)
 
-    def held_out_per_class(self, task: Task) -> int:
+    def held_out_per_class(self, task: Task, exemplars: int) -> int:
         """floor(share x E / known) images of every seen class, PyCIL's val_samples_per_class (the
         same expression, evaluated in the same order), or `held_out_minimum` if more; none on the first
         task, which has no stage 2."""
-        if task.index == 0 or not self.exemplar_budget:
+        if task.index == 0 or not exemplars:
             return 0
-        share = int(self.options["held_out_share"] * self.exemplar_budget / task.known_classes)
+        share = int(self.options["held_out_share"] * exemplars / task.known_classes)
         return max(share, self.options["held_out_minimum"])
 
     # -- stage 1 ---------------------------------------------------------------------------------

@@ -2,9 +2,6 @@
 tensors; a tiny CIFAR run through both stages (the last task's split empty, so its stage 2 is
 skipped), stopped and resumed; a tiny ImageNet-style folder run; the planner's count against the
 run's audit under both policies.
-
-The engine does not tell a method its exemplar budget yet (methods/bic.py `BiC.exemplar_budget`):
-the runs here set it to the run's planned exemplar count, as the engine would.
 """
 from __future__ import annotations
 
@@ -31,11 +28,9 @@ from test_imagenet_training import NAME, SGD, make_folder_dataset
 TINY = "conv2_half"  # 32 features
 
 
-def bic(budget: int | None = None, **options) -> BiC:
+def bic(**options) -> BiC:
     torch.manual_seed(0)
-    method = BiC(TINY, options)
-    method.exemplar_budget = budget
-    return method
+    return BiC(TINY, options)
 
 
 def set_pair(pair, alpha: float, beta: float) -> None:
@@ -73,16 +68,16 @@ def test_each_pair_corrects_its_own_task_logits():
 
 
 def test_the_split_is_a_tenth_of_the_memory_per_old_class():
-    method = bic(budget=2000)
+    method = bic()
     # PyCIL's int(0.1 * 2000 / known): 20 at 10 old classes, 6 at 30, none on the first task.
-    assert method.held_out_per_class(Task(1, 10, 20, 10)) == 20
-    assert method.held_out_per_class(Task(3, 30, 40, 10)) == 6
-    assert method.held_out_per_class(Task(0, 0, 10, 10)) == 0
+    assert method.held_out_per_class(Task(1, 10, 20, 10), 2000) == 20
+    assert method.held_out_per_class(Task(3, 30, 40, 10), 2000) == 6
+    assert method.held_out_per_class(Task(0, 0, 10, 10), 2000) == 0
     # A small memory leaves no split (PyCIL crashes there: its issue 41); the stage is then skipped.
-    assert bic(budget=200).held_out_per_class(Task(3, 30, 40, 10)) == 0
-    assert bic(budget=None).held_out_per_class(Task(1, 10, 20, 10)) == 0
-    assert bic(budget=200, held_out_minimum=1).held_out_per_class(Task(3, 30, 40, 10)) == 1
-    assert bic(budget=2000, held_out_minimum=1).held_out_per_class(Task(3, 30, 40, 10)) == 6
+    assert method.held_out_per_class(Task(3, 30, 40, 10), 200) == 0
+    assert method.held_out_per_class(Task(1, 10, 20, 10), 0) == 0
+    assert bic(held_out_minimum=1).held_out_per_class(Task(3, 30, 40, 10), 200) == 1
+    assert bic(held_out_minimum=1).held_out_per_class(Task(3, 30, 40, 10), 2000) == 6
 
 
 def test_the_teacher_is_the_previous_model_with_its_pairs():
@@ -151,9 +146,7 @@ RAW = tiny_experiment("bic", ["bic"], [1.6], scenario="B0Inc25",
 
 
 def run_bic(run, experiment_dir, results_root, data_root) -> dict:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(BiC, "exemplar_budget", run.exemplars)
-        return execute_run(run, experiment_dir, results_root, "cpu", data_root, 1, keep_checkpoints=True)
+    return execute_run(run, experiment_dir, results_root, "cpu", data_root, 1, keep_checkpoints=True)
 
 
 @pytest.fixture(scope="module")

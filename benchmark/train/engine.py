@@ -385,6 +385,10 @@ class Engine:
             return new
         return concat([new, self.memory_source()])
 
+    def exemplar_count(self) -> int:
+        """The exemplar budget in images: the planned count, or what a byte-budget memory holds."""
+        return len(self.memory) if isinstance(self.memory, EncodedExemplarMemory) else self.memory.budget
+
     def memory_source(self) -> BatchSource:
         return TensorSource(self.memory.images, self.memory.labels)
 
@@ -393,7 +397,7 @@ class Engine:
         to `held_out_per_class` images of every seen class, drawn with the run's generator, each
         class keeping at least one image to train on), and that split."""
         source = self.training_set(task)
-        per_class = self.method.held_out_per_class(task)
+        per_class = self.method.held_out_per_class(task, self.exemplar_count())
         if per_class <= 0:
             return source, select(source, source.labels[:0])
         held = []
