@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from types import SimpleNamespace
 
+import ot
 import pytest
 import torch
 
@@ -16,10 +17,10 @@ from benchmark.config.grid import expand
 from benchmark.train.runner import execute_run
 from budgets.planner import PlanContext, method_model
 from conftest import tiny_experiment, tiny_training
-from test_imagenet_training import NAME as FOLDER_DATASET, SGD as FOLDER_SGD, tiny_folder  # noqa: F401 (a fixture)
 from methods import METHODS, Task
 from methods.coil import Coil, TransportState, normalized_mean
 from methods.cosine import CosineNet
+from test_imagenet_training import NAME as FOLDER_DATASET, SGD as FOLDER_SGD, tiny_folder  # noqa: F401 (a fixture)
 
 TINY = "resnet8_half"  # 32 features
 
