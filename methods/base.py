@@ -50,8 +50,8 @@ class Task:
         return self.total_classes - self.known_classes
 
 
-PhaseData = Literal["task", "memory", "held_out"]
-PHASE_DATA: tuple[str, ...] = ("task", "memory", "held_out")
+PhaseData = Literal["task", "new", "memory", "held_out"]
+PHASE_DATA: tuple[str, ...] = ("task", "new", "memory", "held_out")
 MAIN_PHASE = "train"
 
 
@@ -59,7 +59,8 @@ MAIN_PHASE = "train"
 class Phase:
     """One training pass of a task.
 
-    `data`: "task", the task's new images plus the exemplars, less any held-out split; "memory", the
+    `data`: "task", the task's new images plus the exemplars, less any held-out split; "new", the
+    new images only (the exemplars stay readable in `prepare_phase`: GEM); "memory", the
     exemplar memory after this task's selection (class-balanced: PODNet's fine-tuning); "held_out",
     the split the task set aside (`Method.held_out_per_class`; BiC's bias correction). `loss` and
     `parameter_groups` default to the method's `loss` and `parameter_groups`. The main phase ("train")
@@ -83,6 +84,7 @@ class TaskData(Protocol):
     and `augment` training inputs (with the run's generator, so a resumed run replays them)."""
 
     training_set: Any            # the phase's BatchSource: .labels, .images(rows), len()
+    schedule: Any                # the phase's Schedule: .epochs, .batch_size, .lr, ...
     memory_images: torch.Tensor  # the exemplar memory as held now (uint8), and its labels
     memory_labels: torch.Tensor
 

@@ -128,7 +128,7 @@ class Coil(ICaRL):
         gamma = old_rows.norm(dim=1).mean() / transported.norm(dim=1).mean()
         new_rows = transported * gamma
         fc.weight[task.known_classes:task.total_classes] = new_rows
-        schedule = _phase_schedule(task, phase, data)
+        schedule = data.schedule  # the transport terms are weighted by epoch, which the loss counts in steps
         self.transport = TransportState(task.index, data, new_rows.clone(),
                                         math.ceil(len(data.training_set) / schedule.batch_size), schedule.epochs)
 
@@ -237,11 +237,6 @@ def normalized_mean(features: torch.Tensor) -> torch.Tensor:
     return F.normalize(unit.mean(dim=0), dim=0)
 
 
-def _phase_schedule(task: Task, phase: Phase, data: TaskData):
-    """The phase's schedule (epochs, batch size): the transport terms are weighted by epoch, which the
-    loss counts in steps. TaskData does not carry it yet; the engine's PhaseData holds its engine."""
-    schedule = getattr(data, "schedule", None)
-    return schedule if schedule is not None else data.engine.schedule(task, phase)
 
 
 def _check_options(options: dict[str, Any]) -> None:

@@ -84,6 +84,11 @@ class GEM(Method):
         _check_options({**cls.default_options, **options})
         return dict(options)
 
+    def phases(self, task: Task) -> list[Phase]:
+        """One phase on the new images only, as GEM and PyCIL train; the exemplars enter through
+        the memory gradients (`prepare_phase`), not the batches."""
+        return [Phase(data="new")]
+
     # -- structure ----------------------------------------------------------------------------
     def before_task(self, task: Task) -> None:
         self.task_starts.append(task.known_classes)
@@ -122,13 +127,7 @@ class GEM(Method):
         if task.index == 0:
             return super().loss(task, images, labels)
         self.reference = self.memory_gradients() if self.memory_batches else None
-        # The engine mixes the exemplars into the task's batches; GEM trains on the new data only
-        # (PyCIL's train loader holds no exemplars), so the exemplar rows are left out of the loss.
-        new = labels >= task.known_classes
-        logits = self.network(images[new])["logits"] if bool(new.any()) else None
-        if logits is None:
-            return sum(p.sum() for p in self.trainable_parameters()) * 0.0
-        return task_masked_cross_entropy(logits, labels[new], self.class_ranges(labels[new]))
+        return task_masked_cross_entropy(self.network(images)["logits"], labels, self.class_ranges(labels))
 
     def memory_gradients(self) -> torch.Tensor:
         """One flattened gradient per past task (GEM) or of one sampled reference batch (A-GEM)."""

@@ -258,3 +258,19 @@ def test_a_method_with_its_own_first_task_gets_its_own_first_task_key(monkeypatc
     assert first_task_key(runs["replay"]) == first_task_key(runs["icarl"])  # both share the plain model
     monkeypatch.setattr(METHODS.get("icarl"), "shares_first_task", False)
     assert first_task_key(runs["replay"]) != first_task_key(runs["icarl"])
+
+
+class NewOnly(Recorder):
+    """Trains on the new images only; the exemplars stay readable when the phase starts (GEM)."""
+
+    def phases(self, task: Task) -> list[Phase]:
+        return [Phase(data="new")]
+
+
+def test_a_new_data_phase_trains_on_the_new_images_and_still_sees_the_memory():
+    method = NewOnly(held_out=0)
+    engine = engine_for(method)
+    engine.learn_task(engine.data.task(0))
+    engine.learn_task(engine.data.task(1))
+    assert torch.bincount(method.seen["train"], minlength=10).tolist() == [0] * 5 + [8] * 5
+    assert ("prepare_phase", "train", 40) in method.calls  # the 40 exemplars of task 0, readable

@@ -171,8 +171,8 @@ class PhaseData:
     """What a method may read of the data when a phase starts (methods/base.py TaskData): the
     phase's training set, the exemplar memory, and the run's own normalization and augmentation."""
 
-    def __init__(self, engine: "Engine", training_set: BatchSource) -> None:
-        self.engine, self.training_set = engine, training_set
+    def __init__(self, engine: "Engine", training_set: BatchSource, schedule: Schedule) -> None:
+        self.engine, self.training_set, self.schedule = engine, training_set, schedule
 
     @property
     def memory_images(self) -> torch.Tensor:
@@ -358,15 +358,22 @@ class Engine:
             if phase.data == "memory" and not self.memory_updated:
                 self.update_memory(task)
                 self.memory_updated = True
-            source = task_data if phase.data == "task" else held_out if phase.data == "held_out" else self.memory_source()
+            source = self.phase_source(task, phase, task_data, held_out)
             if len(source):
-                self.method.prepare_phase(task, phase, PhaseData(self, source))
+                self.method.prepare_phase(task, phase, PhaseData(self, source, self.schedule(task, phase)))
                 history += self.train(task, phase, source, self.schedule(task, phase))
             else:
                 self.log(f"task {task.index} phase {phase.name}: no {phase.data} images, nothing to train")
             self.method.end_phase(task, phase)
             self.place()
         return history
+
+    def phase_source(self, task: Task, phase: Phase, task_data: BatchSource, held_out: BatchSource) -> BatchSource:
+        if phase.data == "task":
+            return task_data
+        if phase.data == "new":
+            return select(self.data.train, self.data.rows(self.data.train, task.known_classes, task.total_classes))
+        return held_out if phase.data == "held_out" else self.memory_source()
 
     def schedule(self, task: Task, phase: Phase) -> Schedule:
         if phase.name == MAIN_PHASE:
