@@ -16,13 +16,13 @@ from benchmark.train import runner
 from benchmark.train.augmentation import Augmentation
 from benchmark.train.batches import TensorSource
 from benchmark.config.experiment import parse_experiment
-from benchmark.train.engine import DivergedError, Engine, EngineSettings, RunData, uses_autocast
+from benchmark.train.engine import DivergedError, Engine, EngineSettings, PhaseData, RunData, uses_autocast
 from benchmark.config.grid import expand, precision_problems
 from benchmark.config.precision import precision_problem
 from benchmark.config.profile import Schedule
 from benchmark.files import write_json_atomic
 from benchmark.records.store import origin, record_path
-from methods import METHODS
+from methods import METHODS, Phase
 from methods.networks import build_network
 from methods.replay import Replay
 from conftest import tiny_experiment
@@ -192,6 +192,9 @@ def test_heads_and_losses_stay_fp32_in_a_cpu_autocast_region(method):
     outputs, _ = record_dtypes(engine)
     source = engine.training_set(task)
     rows, images = next(iter(source.batches(torch.arange(len(source)), 8)))
+    main = Phase()
+    engine.method.begin_phase(task, main)  # what the engine does before a phase's steps
+    engine.method.prepare_phase(task, main, PhaseData(engine, source, SCHEDULE))
     engine.method.network.train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = engine.method.loss(task, engine.augment(images), source.labels[rows])
