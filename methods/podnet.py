@@ -105,7 +105,8 @@ class LocalSimilarityClassifier(nn.Module):
 
 
 class PODNetNet(CosineNet):
-    """One backbone and a local similarity classifier; `outputs` also returns every stage's map."""
+    """One backbone and a local similarity classifier; `outputs` (forward with `with_maps`) also
+    returns every stage's map."""
 
     def __init__(self, backbone: str, storage: str = "fp32", proxies: int = 10) -> None:
         super().__init__(backbone, storage, proxies, learn_scale=True)
@@ -116,13 +117,19 @@ class PODNetNet(CosineNet):
         self.fc.add_classes(new_classes)
         self.num_classes += new_classes
 
-    def outputs(self, images: torch.Tensor) -> dict[str, Any]:
-        """`forward`'s features and logits plus the stages' maps, from one pass of the backbone."""
+    def forward(self, images: torch.Tensor, with_maps: bool = False) -> dict[str, Any]:
+        """Features and logits, and with `with_maps` the stages' maps, from one pass of the backbone
+        (through `forward`, so module hooks see the training pass too)."""
+        if not with_maps:
+            return super().forward(images)
         maps = self.backbone.feature_maps(images)
         features = pool_features(maps[-1])
         with torch.autocast(images.device.type, enabled=False):  # heads in fp32, as IncrementalNet.forward
             logits = self.fc(features.float())
         return {"features": features, "logits": logits, "maps": maps}
+
+    def outputs(self, images: torch.Tensor) -> dict[str, Any]:
+        return self(images, with_maps=True)
 
 
 def podnet_backbone(backbone: str, ucir: bool) -> str:

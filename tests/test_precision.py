@@ -166,7 +166,8 @@ def record_dtypes(engine: Engine) -> tuple[list[dict], list[torch.dtype]]:
     """The dtypes of the network's outputs in training mode, and of every loss the engine asks for."""
     outputs, losses = [], []
     engine.method.network.register_forward_hook(
-        lambda module, inputs, out: outputs.append({k: v.dtype for k, v in out.items()}) if module.training else None)
+        lambda module, inputs, out: outputs.append({k: v.dtype for k, v in out.items() if torch.is_tensor(v)})
+        if module.training else None)
     loss = engine.method.loss
 
     def recording(task, images, labels):

@@ -32,7 +32,7 @@ from benchmark.train.batches import Batches, BatchSource, CachedSource, Images, 
 from benchmark.train.engine import Engine, RunData
 from benchmark.config.grid import Run
 from benchmark.tools.timing import task_engine
-from methods import Phase
+from methods import Method, Phase
 
 MAIN = Phase()  # the main phase: the task's own schedule
 
@@ -95,7 +95,9 @@ def placement_problems(engine: Engine, method: Method, source: BatchSource) -> l
     tensors = {"exemplar images": engine.memory.images, "exemplar labels": engine.memory.labels,
                "training labels": source.labels, "training images": source.images(source.labels[:1].new_zeros(1))}
     problems += [f"{name} are on {tensor.device}" for name, tensor in tensors.items() if tensor.device != device]
-    if method.keeps_teacher and method.teacher is None:
+    # A method with its own network may hold the previous model inside it while its main phase trains
+    # (FOSTER's frozen old backbone and classifier); a plain network's teacher must be there.
+    if method.keeps_teacher and method.teacher is None and type(method).build_network is Method.build_network:
         problems.append("the method keeps a teacher but has none at task 1")
     if method.uses_exemplars and not len(engine.memory):
         problems.append("the method keeps exemplars but holds none at task 1")

@@ -322,12 +322,22 @@ class Engine:
                 self.update_memory(task)
 
     def advance_to(self, index: int) -> Task:
-        """Bring the method to the point where `learn_task` trains task `index`: the earlier tasks
-        replayed (exemplars selected), task `index` begun. Nothing is trained, so the weights are
-        the initial ones; a step costs the same on them (the measuring tools stand engines here)."""
+        """Bring the method to the point where `learn_task` takes the first step of task `index`: the
+        earlier tasks replayed (exemplars selected), task `index` begun, its first phase begun and
+        prepared (what it reads of the data: GEM's memory, FOSTER's class weights). Nothing is
+        trained, so the weights are the initial ones; a step costs the same on them (the measuring
+        tools stand engines here)."""
         self.replay(index, select_exemplars=True)
         task = self.data.task(index)
         self.begin_task(task)
+        self.memory_updated = False
+        phase = self.method.phases(task)[0]
+        self.method.begin_phase(task, phase)
+        self.place()
+        task_data, held_out = self.split_task_data(task)
+        source = self.phase_source(task, phase, task_data, held_out)
+        if len(source):
+            self.method.prepare_phase(task, phase, PhaseData(self, source, self.schedule(task, phase)))
         return task
 
     def grow(self, task: Task) -> None:
