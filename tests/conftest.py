@@ -104,10 +104,20 @@ def tiny_experiment(name: str = "tiny", methods: tuple[str, ...] | list[str] = (
 
 def tiny_training(later_epochs: int = 1, **overrides) -> dict:
     """A `training:` section for runs of seconds: 5 training and 2 test images per class, one epoch
-    on the first task, `later_epochs` on each later one, batches of 32."""
+    on the first task, `later_epochs` on each later one and on each extra phase (BiC's, FOSTER's,
+    PODNet's: the profile's own are longer), batches of 32."""
     return {"images_per_class": 5, "test_images_per_class": 2,
             "first_task": {"epochs": 1, "milestones": [], "batch_size": 32},
-            "later_tasks": {"all": {"epochs": later_epochs, "milestones": [], "batch_size": 32}}} | overrides
+            "later_tasks": {"all": {"epochs": later_epochs, "milestones": [], "batch_size": 32}},
+            "phases": extra_phases(later_epochs)} | overrides
+
+
+def extra_phases(epochs: int, **schedule) -> dict:
+    """A `training.phases` section that runs every method's extra phase for `epochs` epochs with
+    `schedule` (the cpu profile's phases are longer than a test needs)."""
+    phase = {"epochs": epochs, "milestones": [], **schedule}
+    return {"bic": {"bias_correction": dict(phase)}, "foster": {"compression": dict(phase)},
+            "podnet": {"finetune": dict(phase)}}
 
 
 def write_experiment(folder: Path, raw: dict) -> Path:

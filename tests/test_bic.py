@@ -19,7 +19,7 @@ from benchmark.records.store import run_dir
 from benchmark.train import checkpoints
 from benchmark.train.runner import execute_run
 from budgets.planner import PlanContext, method_model
-from conftest import tiny_experiment, tiny_training
+from conftest import extra_phases, tiny_experiment, tiny_training
 from methods import METHODS, Task
 from methods.bic import BIAS_PHASE, BiasCorrectedNet, BiC
 from test_checkpoint import Killed, stop_after, timeless
@@ -217,7 +217,8 @@ def test_tiny_folder_run_trains_both_stages(tmp_path):
             "seeds": [1], "profile": "cpu", "family": ["conv4"], "benchmark_backbone": "conv4",
             "anchor_exemplars": 4, "method_options": {"bic": {"held_out_share": 0.5}}, "training": {
                 "images_per_class": None, "test_images_per_class": None, "augment": True,
-                "first_task": {"epochs": 1, **SGD}, "later_tasks": {"all": {"epochs": 1, **SGD}}}})
+                "first_task": {"epochs": 1, **SGD}, "later_tasks": {"all": {"epochs": 1, **SGD}},
+                "phases": extra_phases(1, **SGD)}})
         (run,) = expand(experiment)
         # 4.4 MB less conv4's 3,624,960 bytes: 6 exemplars of 150,528; int(0.5 x 6 / 2) = 1 per class.
         assert run.exemplars == 6

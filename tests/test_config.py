@@ -214,17 +214,29 @@ def test_paper_profile_holds_protocol_section_5():
     assert later == {"finetune": (80, (40, 70), 2e-4, 0.1, 128), "replay": (70, (30, 50), 2e-4, 0.1, 128),
                      "icarl": (170, (80, 120), 2e-4, 0.1, 128), "wa": (170, (60, 100, 140), 2e-4, 0.1, 128),
                      "der": (170, (80, 120, 150), 2e-4, 0.1, 128), "memo": (170, (80, 120, 150), 2e-4, 0.1, 128),
-                     "joint": (200, (60, 120, 170), 5e-4, 0.1, 128)}
+                     "joint": (200, (60, 120, 170), 5e-4, 0.1, 128),
+                     # PyCIL 87cc411 models/<name>.py (FOSTER: exps/foster.json); docs/protocol.md section 5
+                     "bic": (170, (60, 100, 140), 2e-4, 0.1, 128), "foster": (170, (80, 120, 150), 5e-4, 0.1, 128),
+                     "podnet": (160, (80, 120), 5e-4, 0.1, 128), "coil": (160, (80, 120), 5e-4, 0.1, 128),
+                     "gem": (100, (30, 60, 80), 2e-4, 0.1, 128)}
     assert paper.later_default == paper.later_tasks["der"]
+    phases = {(m, name): (s.epochs, s.milestones, s.weight_decay, s.lr, s.batch_size)
+              for m, by_phase in paper.phases.items() for name, s in by_phase.items()}
+    assert phases == {("bic", "bias_correction"): (170, (60, 100, 140), 2e-4, 0.1, 128),
+                      ("foster", "compression"): (130, (60, 90, 115), 0.0, 0.1, 128),
+                      ("podnet", "finetune"): (20, (), 5e-4, 0.005, 128)}
     subset = (paper.images_per_class, paper.test_images_per_class, paper.augment, paper.precision)
     assert subset == (None, None, True, "fp32")
-    assert paper.method_options == {"wa": {"weighting": "fixed"}}
+    assert paper.method_options == {"wa": {"weighting": "fixed"}, "gem": {"memory_strength": 0.0, "qp_eps": 0.0}}
 
 
 def test_cpu_profile_is_the_reduced_protocol():
     cpu = get_profile("cpu")
     assert cpu.first_task == Schedule(20, (14, 18), 5e-4, batch_size=64)
-    assert set(cpu.later_tasks.values()) == {Schedule(6, (5,), 2e-4, batch_size=32)} == {cpu.later_default}
+    assert cpu.later_default == Schedule(6, (5,), 2e-4, batch_size=32)
+    # the reference weight decay of FOSTER, PODNet and Coil (5e-4), every other method's 2e-4
+    assert {m for m, s in cpu.later_tasks.items() if s != cpu.later_default} == {"foster", "podnet", "coil"}
+    assert {cpu.later_tasks[m] for m in ("foster", "podnet", "coil")} == {Schedule(6, (5,), 5e-4, batch_size=32)}
     assert (cpu.images_per_class, cpu.test_images_per_class, cpu.method_options) == (50, 40, {})
 
 

@@ -14,7 +14,7 @@ from benchmark.config.experiment import parse_experiment
 from benchmark.config.grid import expand
 from benchmark.train.runner import execute_run
 from budgets.planner import PlanContext, method_model
-from conftest import tiny_experiment, tiny_training
+from conftest import extra_phases, tiny_experiment, tiny_training
 from methods import METHODS, Task
 from methods.foster import (COMPRESSION, FOSTER, FosterNet, align_new_rows, balanced_distillation,
                             class_balanced_weights)
@@ -225,7 +225,8 @@ def test_tiny_folder_run_boosts_and_compresses(tmp_path):
             "seeds": [1], "profile": "cpu", "family": ["conv4"], "benchmark_backbone": "conv4",
             "anchor_exemplars": 4, "training": {
                 "images_per_class": None, "test_images_per_class": None, "augment": True,
-                "first_task": {"epochs": 1, **SGD}, "later_tasks": {"all": {"epochs": 1, **SGD}}}})
+                "first_task": {"epochs": 1, **SGD}, "later_tasks": {"all": {"epochs": 1, **SGD}},
+                "phases": extra_phases(1, **SGD)}})
         (run,) = expand(experiment)
         # 4.4 MB less conv4's 3,624,960 bytes (one backbone billed): 6 exemplars of 150,528.
         assert run.exemplars == 6

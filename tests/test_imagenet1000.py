@@ -67,8 +67,8 @@ def test_folder_layout_is_imagefolders(tmp_path):
 def test_paper_imagenet_profile_is_the_reference_schedule():
     imagenet, cifar = get_profile("paper_imagenet"), get_profile("paper")
     # Neither reference has an ImageNet branch: the schedules are paper.yaml's, method by method.
-    assert (imagenet.first_task, imagenet.later_tasks, imagenet.method_options) == (
-        cifar.first_task, cifar.later_tasks, cifar.method_options)
+    assert (imagenet.first_task, imagenet.later_tasks, imagenet.method_options, imagenet.phases) == (
+        cifar.first_task, cifar.later_tasks, cifar.method_options, cifar.phases)
     first, der = imagenet.first_task, imagenet.schedule("der", 1)
     assert (first.epochs, first.milestones, first.weight_decay, first.lr, first.batch_size) == (
         200, (60, 120, 170), 5e-4, 0.1, 128)

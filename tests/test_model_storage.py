@@ -167,7 +167,9 @@ def test_a_converted_block_copies_saves_loads_and_changes_layout():
     fresh.load_state_dict(backbone.state_dict())
     assert torch.equal(fresh(images), expected)
     fresh.to(memory_format=torch.channels_last)
-    assert torch.allclose(fresh(images.to(memory_format=torch.channels_last)), expected, atol=1e-5)
+    # channels_last convolutions sum in another order: equal to float32 rounding (outputs up to ~860;
+    # measured: 2e-4 at most)
+    assert torch.allclose(fresh(images.to(memory_format=torch.channels_last)), expected, rtol=1e-4, atol=1e-3)
 
 
 # -- when: at freeze, and only what freezes ------------------------------------------------------
